@@ -1,0 +1,61 @@
+# qlib workbook. Two commands matter: `make reproduce` and `make test`; both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PROFILE ?= cpu
+PORT ?= 8080
+# pip, not the project, owns the llama.cpp build: the compiled wheel is cached after the first time.
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+DEPS_HASH := $(shell cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.qlib-setup-$(DEPS_HASH)
+
+.PHONY: help setup test reproduce smoke lab bench serve clean
+
+help:
+	@echo "make setup      create .venv and install pinned dependencies (idempotent)"
+	@echo "make test       setup + the test suite"
+	@echo "make reproduce  setup + run every notebook headlessly (PROFILE=smoke|cpu|paper, default cpu)"
+	@echo "make smoke      = make reproduce PROFILE=smoke"
+	@echo "make lab        open the workbook in JupyterLab"
+	@echo "make bench      print benchmark ratios"
+	@echo "make serve      llama.cpp OpenAI-compatible server with the embedded model on 127.0.0.1:$(PORT)"
+	@echo "make clean      remove caches and executed notebooks (keeps .venv and committed results)"
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements-nodeps.txt
+	$(PIP) install --quiet "$(LLAMA_CPP)" torch==2.13.0
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.qlib-setup-*
+	@touch $@
+	@echo "setup complete ($(STAMP))"
+
+test: setup
+	$(PY) -m pytest -q
+
+reproduce: setup
+	$(PY) -m qlib.workbook --profile $(PROFILE)
+
+smoke:
+	$(MAKE) reproduce PROFILE=smoke
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) -m qlib bench
+
+serve: setup
+	$(PY) -m qlib.agent.serve --port $(PORT)
+
+clean:
+	rm -rf .pytest_cache .hypothesis results/notebooks/*.ipynb
+	find . -name __pycache__ -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

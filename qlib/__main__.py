@@ -1,0 +1,5 @@
+import sys
+
+from qlib.cli import main
+
+sys.exit(main())

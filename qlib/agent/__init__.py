@@ -1,0 +1,1 @@
+"""Agent layer: policy backends, ReAct prompts, the one action parser, constrained actions."""

@@ -1,0 +1,43 @@
+"""``python -m qlib bench``: speed goals as printed ratios (the last line is one JSON object)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from typing import Any, Callable
+
+#: benchmark name -> "module:function" returning a flat dict of measurements
+BENCHES: dict[str, str] = {
+    "envs": "qlib.envs.bench:bench_envs",
+    "policy": "qlib.agent.bench:bench_policy",
+    "mcts": "qlib.collect:bench_mcts",
+    "qmodel": "qlib.qmodel.bench:bench_qmodel",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only these (repeatable)")
+
+
+def resolve(spec: str) -> Callable[[], dict[str, Any]]:
+    module_name, function_name = spec.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = args.only or list(BENCHES)
+    report: dict[str, Any] = {}
+    for name in names:
+        started = time.perf_counter()
+        print(f"== bench {name}", flush=True)
+        try:
+            result = resolve(BENCHES[name])()
+        except Exception as err:  # a missing stage or backend must not hide the other results
+            result = {"error": f"{type(err).__name__}: {err}"}
+        result["wall_s"] = round(time.perf_counter() - started, 2)
+        for key, value in result.items():
+            print(f"{name}.{key} = {value}", flush=True)
+        report[name] = result
+    print(json.dumps(report if len(names) > 1 else report[names[0]], sort_keys=True))
+    return 0

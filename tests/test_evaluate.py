@@ -1,0 +1,398 @@
+"""Stage 4 evaluation loop (qlib.evaluate) on a tiny deterministic env with scripted policies/scorers."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from qlib.agent.base import Candidate, Policy
+from qlib.config import load_config
+from qlib.envs.base import ActionSpace, Environment, EpisodeOverError, StepResult
+from qlib.evaluate import (
+    FatalEvalError,
+    add_arguments,
+    evaluate,
+    load_results,
+    read_rows,
+    step_seed,
+)
+
+ENV = "toy"
+ACTIONS = ("guess[0]", "guess[1]", "guess[2]", "guess[3]", "hint[]", "dance")
+
+
+class GuessEnv:
+    """Guess the task's number (``task_id % 4``) within ``max_steps``; reward 1 - |guess - target| / 4."""
+
+    name = ENV
+
+    def __init__(self, max_steps: int = 3):
+        self.max_steps = max_steps
+        self.state: tuple[int, int, bool] | None = None
+        self.step_calls = self.reset_calls = 0
+        self.actions: list[str] = []
+
+    def task_ids(self, split: str) -> list[int]:
+        return {"test": list(range(8)), "valid": list(range(8, 12)), "train": list(range(12, 20))}[split]
+
+    def reset(self, task_id: int) -> str:
+        self.reset_calls += 1
+        self.state = (task_id, 0, False)
+        return f"Guess the number of task {task_id}."
+
+    def step(self, action: str) -> StepResult:
+        assert self.state is not None
+        task, steps, done = self.state
+        if done:
+            raise EpisodeOverError("episode over")
+        self.step_calls += 1
+        self.actions.append(action)
+        steps += 1
+        target, reward, done, info = task % 4, 0.0, False, {}
+        if action.startswith("guess[") and action.endswith("]") and action[6:-1].isdigit():
+            reward, done = 1.0 - abs(int(action[6:-1]) - target) / 4, True
+            obs = f"You guessed {action[6:-1]}."
+        elif action == "hint[]":
+            obs = "even" if target % 2 == 0 else "odd"
+        else:
+            obs, info = "Invalid action!", {"invalid": True}
+        if not done and steps >= self.max_steps:
+            done, info = True, {**info, "truncated": True}
+        self.state = (task, steps, done)
+        return StepResult(obs, reward, done, info)
+
+    def snapshot(self) -> tuple[int, int, bool] | None:
+        return self.state
+
+    def restore(self, snapshot: tuple[int, int, bool] | None) -> None:
+        self.state = snapshot
+
+    def valid_actions(self) -> ActionSpace:
+        return ActionSpace(verbs={"guess": None, "hint": None})
+
+
+def cand(action: str, logprob: float | None = -1.0) -> Candidate:
+    return Candidate(text=f"Thought: try {action}.\nAction: {action}", thought=f"try {action}.",
+                     action=action, valid=action != "dance", logprob=logprob, n_tokens=len(action),
+                     prompt_tokens=10, raw=action)
+
+
+class SeededPolicy:
+    """Deterministic given the seed; temperature 0 always answers ``greedy_action``."""
+
+    def __init__(self, greedy_action: str = "hint[]", fail_tasks: set[int] | None = None):
+        self.greedy_action = greedy_action
+        self.fail_tasks = set(fail_tasks or ())
+        self.calls: list[dict] = []
+
+    def propose(self, messages, n, *, temperature=None, action_space=None, seed=None):
+        self.calls.append({"n": n, "temperature": temperature, "seed": seed, "messages": messages})
+        task = int(messages[1]["content"].split()[-1].rstrip("."))
+        if task in self.fail_tasks:
+            self.fail_tasks.discard(task)
+            raise ConnectionError("endpoint down")
+        if temperature == 0:
+            return [cand(self.greedy_action, -0.5)] * n
+        rng = random.Random(seed)
+        return [cand(a, round(-rng.random() * 5, 3)) for a in (rng.choice(ACTIONS) for _ in range(n))]
+
+
+class ListPolicy:
+    """Answers every call with the same candidate list (truncated/cycled to ``n``)."""
+
+    def __init__(self, candidates: list[Candidate]):
+        self.candidates = candidates
+        self.calls: list[dict] = []
+
+    def propose(self, messages, n, *, temperature=None, action_space=None, seed=None):
+        self.calls.append({"n": n, "temperature": temperature, "seed": seed})
+        return [self.candidates[i % len(self.candidates)] for i in range(n)]
+
+
+class TableScorer:
+    """Q = table[action] (default 0); counts whitespace tokens of the scored texts."""
+
+    def __init__(self, table: dict[str, float]):
+        self.table = table
+        self.scored_tokens = 0
+        self.calls: list[tuple[list, list[str]]] = []
+
+    def score(self, messages, candidates):
+        self.calls.append((messages, candidates))
+        self.scored_tokens += sum(len(c.split()) for c in candidates)
+        return [self.table.get(c.rsplit("Action: ", 1)[-1], 0.0) for c in candidates]
+
+
+class Render:
+    """A recording stand-in for qlib.agent.prompts.render_messages."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, env_name, task_observation, history, *, variant="react", icl=True):
+        self.calls.append({"icl": icl, "variant": variant, "history": list(history)})
+        messages = [{"role": "system", "content": f"{env_name} icl={icl} {variant}"},
+                    {"role": "user", "content": task_observation}]
+        for turn, obs in history:
+            messages += [{"role": "assistant", "content": turn}, {"role": "user", "content": obs}]
+        return messages
+
+
+@pytest.fixture
+def config():
+    return load_config("smoke")
+
+
+def run(method, config, policy, **kw):
+    kw.setdefault("env", GuessEnv())
+    kw.setdefault("render", Render())
+    kw.setdefault("limit", 4)
+    return evaluate(ENV, "test", method, config=config, policy=policy, **kw)
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def test_protocols_hold():
+    assert isinstance(GuessEnv(), Environment)
+    assert isinstance(SeededPolicy(), Policy) and isinstance(ListPolicy([]), Policy)
+
+
+def test_q_executes_only_the_argmax_candidate(config):
+    env, render = GuessEnv(), Render()
+    policy = ListPolicy([cand("guess[0]"), cand("hint[]"), cand("guess[2]"), cand("guess[0]")])
+    scorer = TableScorer({"guess[0]": 0.1, "hint[]": -0.3, "guess[2]": 0.9})
+    rows = run("q", config, policy, q_model=scorer, n=4, env=env, render=render)
+    assert [r["task_id"] for r in rows] == [0, 1, 2, 3]
+    assert env.actions == ["guess[2]"] * 4 and env.step_calls == sum(r["steps"] for r in rows) == 4
+    assert [r["reward"] for r in rows] == [0.5, 0.75, 1.0, 0.75]
+    assert [r["success"] for r in rows] == [False, False, True, False]
+    step = rows[0]["trajectory"][0]
+    assert step["chosen"] == 2 and step["action"] == "guess[2]"
+    assert [(c["action"], c["count"], c["q"]) for c in step["candidates"]] == [
+        ("guess[0]", 2, 0.1), ("hint[]", 1, -0.3), ("guess[2]", 1, 0.9)]
+    assert all(len(texts) == 3 for _, texts in scorer.calls)  # deduplicated before scoring
+    assert sum(r["q_tokens"] for r in rows) == scorer.scored_tokens > 0
+    assert all(c == {"n": 4, "temperature": 1.0, "seed": c["seed"]} for c in policy.calls)
+    # the policy sees the ICL prompt, the Q model the same history without ICL
+    assert [c["icl"] for c in render.calls] == [True, False] * 4
+    assert all(m[0]["content"].endswith("icl=False react") for m, _ in scorer.calls)
+
+
+def test_q_uses_history_and_invalid_candidates_still_execute(config):
+    env = GuessEnv(max_steps=3)
+    policy = ListPolicy([cand("dance"), cand("hint[]")])
+    scorer = TableScorer({"dance": 1.0})
+    (row,) = run("q", config, policy, q_model=scorer, n=2, env=env, limit=1)
+    assert row["steps"] == 3 and row["truncated"] and row["reward"] == 0.0 and not row["success"]
+    assert [s["invalid"] for s in row["trajectory"]] == [True] * 3
+    assert [s["valid"] for s in row["trajectory"]] == [False] * 3
+    assert [len(m) for m, _ in scorer.calls] == [2, 4, 6]  # growing history
+
+
+def test_qnet_is_q_with_another_label(config):
+    policy = SeededPolicy()
+    q = run("q", config, policy, q_model=TableScorer({"guess[1]": 1.0}), n=3)
+    qnet = run("qnet", config, policy, q_model=TableScorer({"guess[1]": 1.0}), n=3)
+    assert [r["method"] for r in qnet] == ["qnet"] * 4
+    assert [r["trajectory"] for r in q] == [r["trajectory"] for r in qnet]
+
+
+def test_q_needs_a_model(config):
+    with pytest.raises(ValueError, match="q_model"):
+        run("q", config, SeededPolicy())
+
+
+def test_greedy_and_sampled_use_one_sample(config):
+    greedy_policy, sampled_policy = SeededPolicy(greedy_action="guess[1]"), SeededPolicy()
+    rows = run("greedy", config, greedy_policy, n=5)
+    assert {(c["n"], c["temperature"]) for c in greedy_policy.calls} == {(1, 0.0)}
+    assert all(r["n"] == 1 and r["steps"] == 1 for r in rows) and "candidates" not in rows[0]["trajectory"][0]
+    run("sampled", config, sampled_policy, n=5)
+    assert {(c["n"], c["temperature"]) for c in sampled_policy.calls} == {(1, 1.0)}
+
+
+def test_best_of_n_takes_the_best_trajectory(config):
+    seeds = {step_seed(config.seed, ENV, task, 0, j): j for task in range(8) for j in range(4)}
+
+    class TrajectoryPolicy(SeededPolicy):  # trajectory j guesses j
+        def propose(self, messages, n, *, temperature=None, action_space=None, seed=None):
+            self.calls.append({"n": n, "temperature": temperature, "seed": seed})
+            return [cand(f"guess[{seeds[seed]}]")]
+
+    env = GuessEnv()
+    rows = evaluate(ENV, "test", "bon", config=config, policy=TrajectoryPolicy(), n=3, env=env,
+                    render=Render(), limit=4)
+    by_task = {r["task_id"]: r for r in rows}
+    assert by_task[2]["bon_rewards"] == [0.5, 0.75, 1.0] and by_task[2]["reward"] == 1.0
+    assert by_task[3]["bon_rewards"] == [0.25, 0.5, 0.75] and by_task[3]["bon_best"] == 2
+    assert by_task[0]["bon_rewards"] == [1.0]  # stops once reward 1 is reached
+    assert by_task[3]["trajectory"][0]["action"] == "guess[2]" and by_task[3]["n"] == 3
+    assert by_task[3]["tokens_generated"] == 3 * len("guess[0]")
+    assert env.reset_calls == 1 + 2 + 3 + 3  # tasks 0..3
+
+
+def test_sampled_is_bon_first_trajectory(config):
+    sampled = run("sampled", config, SeededPolicy(), limit=8)
+    bon = run("bon", config, SeededPolicy(), n=3, limit=8)
+    for s, b in zip(sampled, bon):
+        assert b["bon_rewards"][0] == s["reward"] and b["reward"] >= s["reward"]
+    assert any(b["reward"] > s["reward"] for s, b in zip(sampled, bon))
+
+
+def test_selection_controls_share_candidate_sets(config):
+    rows = {m: run(m, config, SeededPolicy(), n=4, limit=8, q_model=TableScorer({"guess[2]": 1.0}))
+            for m in ("q", "random_pick", "logprob_pick")}
+
+    def first_sets(method):
+        return [[c["text"] for c in r["trajectory"][0]["candidates"]] for r in rows[method]]
+
+    assert first_sets("q") == first_sets("random_pick") == first_sets("logprob_pick")
+    for r in rows["logprob_pick"]:
+        for step in r["trajectory"]:
+            logprobs = [c["logprob"] for c in step["candidates"]]
+            assert step["chosen"] == logprobs.index(max(logprobs))
+
+
+def test_random_pick_is_seeded(config):
+    first = run("random_pick", config, SeededPolicy(), n=4, limit=8)
+    second = run("random_pick", config, SeededPolicy(), n=4, limit=8)
+    assert strip(first) == strip(second)
+    picks = [s["chosen"] for r in first for s in r["trajectory"]]
+    assert len(set(picks)) > 1  # not always the first candidate
+    config.seed = 1
+    assert strip(run("random_pick", config, SeededPolicy(), n=4, limit=8)) != strip(first)
+
+
+def test_logprob_pick_takes_the_highest_logprob(config):
+    policy = ListPolicy([cand("guess[0]", -3.0), cand("guess[1]", -1.0), cand("guess[3]", -2.0)])
+    (row,) = run("logprob_pick", config, policy, n=3, limit=1)
+    assert row["trajectory"][0]["chosen"] == 1 and row["trajectory"][0]["action"] == "guess[1]"
+    with pytest.raises(FatalEvalError, match="log-prob"):
+        run("logprob_pick", config, ListPolicy([cand("guess[0]", None)]), n=2, limit=1)
+
+
+def test_rows_have_the_schema(config, tmp_path):
+    out = tmp_path / "eval.jsonl"
+    rows = run("q", config, SeededPolicy(), n=3, out=out, q_model=TableScorer({}), qmodel_name="runs/q")
+    base = {"env", "split", "task_id", "method", "n", "reward", "success", "steps", "truncated",
+            "tokens_generated", "prompt_tokens", "q_tokens", "wall_s", "seed", "policy", "prompt",
+            "max_steps", "qmodel", "trajectory"}
+    assert all(set(r) == base for r in rows)
+    assert rows[0]["qmodel"] == "runs/q" and rows[0]["seed"] == config.seed and rows[0]["split"] == "test"
+    step_keys = {"thought", "action", "text", "valid", "logprob", "observation", "reward", "done",
+                 "invalid", "chosen", "candidates"}
+    assert all(set(s) == step_keys for r in rows for s in r["trajectory"])
+    assert set(rows[0]["trajectory"][0]["candidates"][0]) == {"text", "action", "valid", "logprob", "count", "q"}
+    assert load_results(out) == json.loads(json.dumps(rows))
+    bon = run("bon", config, SeededPolicy(), n=2)
+    assert all(set(r) == base | {"bon_rewards", "bon_best"} for r in bon)
+    assert all(r["qmodel"] is None and r["q_tokens"] == 0 for r in bon)
+
+
+def test_resume_skips_finished_episodes_and_a_torn_last_line(config, tmp_path):
+    out = tmp_path / "sub" / "eval.jsonl"
+    policy = SeededPolicy()
+    first = run("sampled", config, policy, out=out, limit=3)
+    env = GuessEnv()
+    rows = run("sampled", config, policy, out=out, limit=5, env=env)
+    assert env.reset_calls == 2 and strip(rows[:3]) == strip(first)
+    with out.open("a") as handle:
+        handle.write('{"env": "toy", "split": "te')  # a crash mid-write
+    env = GuessEnv()
+    rows = run("sampled", config, policy, out=out, limit=6, env=env)
+    assert env.reset_calls == 1 and [r["task_id"] for r in rows] == list(range(6))
+    assert len(read_rows(out)) == 6 and len(out.read_text().splitlines()) == 7
+    env = GuessEnv()
+    assert strip(run("sampled", config, policy, out=out, limit=6, env=env)) == strip(rows)
+    assert env.reset_calls == 0
+    other = run("greedy", config, policy, out=out, limit=2)  # another method: its own rows
+    assert len(other) == 2 and len(load_results(out)) == 8
+
+
+def test_resume_refuses_another_configuration(config, tmp_path):
+    out = tmp_path / "eval.jsonl"
+    run("sampled", config, SeededPolicy(), out=out, limit=2)
+    config.policy.prompt = "reflection"
+    with pytest.raises(FatalEvalError, match="prompt"):
+        run("sampled", config, SeededPolicy(), out=out, limit=2)
+
+
+def test_failing_policy_call_is_recorded_not_counted_and_retried(config, tmp_path):
+    out = tmp_path / "eval.jsonl"
+    policy = SeededPolicy(fail_tasks={1})
+    rows = run("random_pick", config, policy, out=out, n=3, limit=3)
+    assert [r["task_id"] for r in rows] == [0, 2]
+    errors = [r for r in read_rows(out) if "error" in r]
+    assert len(errors) == 1 and errors[0]["task_id"] == 1 and errors[0]["reward"] is None
+    assert errors[0]["error"].startswith("ConnectionError") and len(load_results(out)) == 2
+    env = GuessEnv()
+    rows = run("random_pick", config, policy, out=out, n=3, limit=3, env=env)
+    assert [r["task_id"] for r in rows] == [0, 1, 2] and env.reset_calls == 1
+    assert len(load_results(out)) == 3 and len(read_rows(out)) == 4
+
+
+def test_summary_stats_of_rows(config):
+    from qlib.stats import paired_differences, summarise
+
+    rows = run("sampled", config, SeededPolicy(), limit=8) + run("greedy", config, SeededPolicy("guess[2]"), limit=8)
+    table = summarise(rows, resamples=200)
+    assert list(table["method"]) == ["sampled", "greedy"] and set(table["tasks"]) == {8}
+    diff = paired_differences(rows, baseline="sampled", resamples=200)
+    assert diff.loc[0, "other"] == "greedy" and diff.loc[0, "tasks"] == 8
+
+
+def test_cli_arguments_and_light_import():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--env", "hotpotqa", "--method", "q", "greedy", "--qmodel", "m", "--n", "3"])
+    assert args.method == ["q", "greedy"] and args.split == "test" and args.n == 3 and args.out is None
+    code = "import sys, qlib.evaluate, qlib.stats; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_needs_a_q_model_for_q(capsys):
+    from qlib.cli import add_common
+    from qlib.evaluate import run as run_cli
+
+    parser = argparse.ArgumentParser()
+    add_common(parser)
+    add_arguments(parser)
+    args = parser.parse_args(["--profile", "smoke", "--env", "webshop", "--method", "qnet"])
+    assert run_cli(args) == 2 and "--qmodel" in capsys.readouterr().err
+
+
+def test_all_methods_on_the_shared_toy_env(config):
+    toy = pytest.importorskip("qlib.envs.toy")
+    from qlib.stats import paired_differences, summarise
+
+    class OracleScorer:
+        """Q = 1 for the door's right letter (read from the Q model's messages), else 0."""
+
+        scored_tokens = 0
+
+        def score(self, messages, candidates):
+            task = int(messages[1]["content"].split()[1].rstrip(":"))
+            position = sum(m["content"].endswith("opened.") for m in messages[2:] if m["role"] == "user")
+            right = "a" if (task + position) % 2 == 0 else "b"
+            self.scored_tokens += len(candidates)
+            return [float(c.endswith(f"go[{right}]")) for c in candidates]
+
+    rows = []
+    for method in ("greedy", "sampled", "bon", "q", "random_pick"):  # ToyPolicy gives no log-probs
+        env = toy.ToyEnv()
+        got = evaluate("toy", "test", method, config=config, policy=toy.ToyPolicy(), env=env,
+                       render=toy.render_toy, n=5, q_model=OracleScorer() if method == "q" else None)
+        assert len(got) == len(env.task_ids("test"))
+        rows += got
+    table = summarise(rows, resamples=200).set_index("method")
+    assert table.loc["q", "success"] == 1.0 and table.loc["q", "reward"] >= table.loc["random_pick", "reward"]
+    assert table.loc["bon", "reward"] >= table.loc["sampled", "reward"]
+    diff = paired_differences(rows, baseline="q", others=["sampled"], resamples=200)
+    assert diff.loc[0, "reward_diff"] >= 0
