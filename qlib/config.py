@@ -68,7 +68,7 @@ class MCTSConfig:
 class PairsConfig:
     """Preference-pair construction."""
 
-    margin: float = 0.0  # skip a pair when Q(chosen) - Q(rejected) <= margin
+    margin: float = 0.0  # skip a pair when the gap Q(chosen) - Q(rejected) is <= 0 or < margin
     variant: str = "paper"  # paper (path action vs min-Q sibling) | official (max-V vs min-V sibling)
     gamma: float = 0.9  # Q*Agent Bellman discount
 

@@ -1,0 +1,345 @@
+"""Stage 1: collect MCTS trees over a task list (``python -m qlib collect``).
+
+:func:`collect` runs :func:`qlib.mcts.search_task` on every task of a split and writes one tree file
+per task (schema in :mod:`qlib.mcts`) into ``out_dir``:
+
+* **resume**: a task whose tree file exists is skipped; files are written atomically when a task
+  finishes, and temp files left by a killed run are removed at start (only those whose writer
+  process is gone), so a killed-and-restarted collection gives the same trees as an uninterrupted one;
+* **tasks**: ``env.task_ids(split)``, the first ``limit`` of them (default: the config's
+  ``{split}_tasks`` count for WebShop/HotPotQA, all for other envs), then shard ``i/k`` takes
+  ``tasks[i::k]``;
+* **workers**: tasks run in ``workers`` threads (default ``config.mcts.workers``), each with its own
+  environment; a policy without a true ``thread_safe`` attribute is shared behind a lock;
+* **failures**: an exception in a task is logged and the task retried ``retries`` times; a task that
+  still fails is appended to ``{out_dir}/failures.jsonl`` (and retried by the next run, as it has no
+  tree). ``KeyboardInterrupt`` and other non-``Exception`` errors stop the collection: pending tasks
+  are cancelled and the searches still running in other threads stop before their next iteration,
+  without writing a tree.
+
+Each task's search seed depends only on ``config.seed``, the env name and the task id, so trees do
+not depend on the worker count, the shard or the order of tasks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from qlib import mcts
+from qlib.agent.base import Candidate, Message
+from qlib.envs.base import ActionSpace, Environment
+
+logger = logging.getLogger(__name__)
+
+ENV_CHOICES = ("webshop", "hotpotqa")
+FAILURES_FILE = "failures.jsonl"
+DEFAULT_RETRIES = 2
+
+
+class LockedPolicy:
+    """Serialises ``propose`` calls of a policy that is not thread-safe (local backends)."""
+
+    thread_safe = True
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+        self._lock = threading.Lock()
+
+    def propose(
+        self,
+        messages: list[Message],
+        n: int,
+        *,
+        temperature: float | None = None,
+        action_space: ActionSpace | None = None,
+        seed: int | None = None,
+    ) -> list[Candidate]:
+        with self._lock:
+            return self.policy.propose(messages, n, temperature=temperature, action_space=action_space, seed=seed)
+
+
+@dataclass
+class TaskOutcome:
+    task_id: Any
+    tree: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def default_env_factory(env_name: str, config: Any) -> Callable[[], Environment]:
+    """``qlib.envs.make(env_name, config)``; the toy env for ``toy``."""
+    if env_name == "toy":
+        from qlib.envs.toy import ToyEnv
+
+        return ToyEnv
+    from qlib.envs import make
+
+    return lambda: make(env_name, config)
+
+
+def default_policy(env_name: str, config: Any) -> Any:
+    """``qlib.agent.backends.make_policy(config.policy, env_name)``; a random toy policy for ``toy``."""
+    if env_name == "toy":
+        from qlib.envs.toy import ToyPolicy
+
+        return ToyPolicy()
+    from qlib.agent.backends import make_policy
+
+    return make_policy(config.policy, env_name)
+
+
+def select_tasks(
+    all_tasks: Sequence[Any], limit: int | None, shard: tuple[int, int] | None
+) -> list[Any]:
+    """The first ``limit`` tasks, then shard ``i/k``'s share ``tasks[i::k]``."""
+    tasks = list(all_tasks)[: limit if limit is not None else None]
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index}/{count}: need 0 <= i < k")
+        tasks = tasks[index::count]
+    return tasks
+
+
+def default_limit(config: Any, env_name: str, split: str) -> int | None:
+    """The config's task count of ``split`` (None for envs the config does not know)."""
+    from qlib.config import ConfigError
+
+    try:
+        return getattr(config.env(env_name), f"{split}_tasks")
+    except ConfigError:
+        return None
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/k"`` → ``(i, k)``."""
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--shard expects i/k (e.g. 0/4), got {text!r}") from err
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= i < k")
+    return index, count
+
+
+def collect(
+    env_name: str,
+    split: str,
+    *,
+    config: Any,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    workers: int | None = None,
+    shard: tuple[int, int] | None = None,
+    policy: Any = None,
+    env_factory: Callable[[], Environment] | None = None,
+    render: mcts.Render | None = None,
+    retries: int = DEFAULT_RETRIES,
+) -> dict[str, Any]:
+    """Collect one MCTS tree per task into ``out_dir``; returns a summary dict (see module docstring)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mcts.remove_stale_temp_files(out)
+    make_env = env_factory or default_env_factory(env_name, config)
+    first_env = make_env()
+    limit = default_limit(config, env_name, split) if limit is None else limit
+    tasks = select_tasks(first_env.task_ids(split), limit, shard)
+    pending = [t for t in tasks if not mcts.tree_path(out, env_name, t).exists()]
+    skipped = len(tasks) - len(pending)
+    workers = max(1, workers or config.mcts.workers)
+    logger.info("collect %s/%s: %d tasks, %d done already, %d workers -> %s",
+                env_name, split, len(tasks), skipped, workers, out)
+    summary: dict[str, Any] = {
+        "env": env_name, "split": split, "out_dir": str(out), "tasks": len(tasks), "skipped": skipped,
+        "done": 0, "failed": 0, "failed_tasks": [], "llm_calls": 0, "tokens": 0, "seconds": 0.0,
+    }
+    if not pending:
+        return _finish(summary, [], 0.0)
+    policy = policy if policy is not None else default_policy(env_name, config)
+    if workers > 1 and not getattr(policy, "thread_safe", False):
+        policy = LockedPolicy(policy)
+    runner = _TaskRunner(env_name, split, config, out, policy, make_env, render, retries, first_env)
+    start = time.perf_counter()
+    rewards: list[float] = []
+    bar = tqdm(total=len(tasks), initial=skipped, desc=f"mcts {env_name}/{split}", unit="tree")
+    try:
+        for outcome in _run_all(runner, pending, workers):
+            _account(summary, outcome, rewards)
+            bar.update(1)
+            if rewards:
+                bar.set_postfix(best=f"{sum(rewards) / len(rewards):.2f}", failed=summary["failed"])
+    finally:
+        bar.close()
+    return _finish(summary, rewards, time.perf_counter() - start)
+
+
+def _account(summary: dict[str, Any], outcome: TaskOutcome, rewards: list[float]) -> None:
+    if outcome.tree is None:
+        summary["failed"] += 1
+        summary["failed_tasks"].append(outcome.task_id)
+        return
+    stats = outcome.tree["stats"]
+    summary["done"] += 1
+    summary["llm_calls"] += stats["llm_calls"]
+    summary["tokens"] += stats["tokens"]
+    if outcome.tree["best_reward"] is not None:
+        rewards.append(float(outcome.tree["best_reward"]))
+
+
+def _finish(summary: dict[str, Any], rewards: list[float], seconds: float) -> dict[str, Any]:
+    summary["seconds"] = round(seconds, 3)
+    summary["trees_per_hour"] = round(3600 * summary["done"] / seconds, 2) if seconds > 0 else None
+    summary["mean_best_reward"] = sum(rewards) / len(rewards) if rewards else None
+    summary["success_rate"] = sum(r >= 1.0 for r in rewards) / len(rewards) if rewards else None
+    return summary
+
+
+def _run_all(runner: _TaskRunner, tasks: list[Any], workers: int) -> Iterator[TaskOutcome]:
+    """Yield a :class:`TaskOutcome` per task (in completion order)."""
+    if workers == 1:
+        for task_id in tasks:
+            yield runner(task_id)
+        return
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mcts")
+    try:
+        futures: set[Future] = {executor.submit(runner, t) for t in tasks}
+        while futures:
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()  # re-raises KeyboardInterrupt & co. from the worker
+    finally:
+        runner.stop.set()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _TaskRunner:
+    """Runs one task with retries in the calling thread, using that thread's own environment."""
+
+    def __init__(
+        self,
+        env_name: str,
+        split: str,
+        config: Any,
+        out: Path,
+        policy: Any,
+        make_env: Callable[[], Environment],
+        render: mcts.Render | None,
+        retries: int,
+        first_env: Environment,
+    ):
+        self.env_name, self.split, self.config, self.out = env_name, split, config, out
+        self.policy, self.make_env, self.retries = policy, make_env, max(0, retries)
+        self.render = mcts.resolve_render(env_name, render)
+        self.local = threading.local()
+        self.spare = [first_env]
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def env(self) -> Environment:
+        if not hasattr(self.local, "env"):
+            with self.lock:
+                self.local.env = self.spare.pop() if self.spare else self.make_env()
+        return self.local.env
+
+    def __call__(self, task_id: Any) -> TaskOutcome:
+        outcome = TaskOutcome(task_id)
+        for attempt in range(1, self.retries + 2):
+            if self.stop.is_set():
+                raise mcts.SearchCancelled(f"collection stopped before task {task_id}")
+            outcome.attempts = attempt
+            try:
+                tree = mcts.search_task(self.env(), self.policy, task_id, config=self.config,
+                                        env_name=self.env_name, render=self.render,
+                                        should_stop=self.stop.is_set)
+                tree["split"] = self.split
+                mcts.write_tree(tree, self.out)
+                outcome.tree, outcome.error = tree, None
+                return outcome
+            except Exception as err:  # noqa: BLE001 - any task error is retried, then recorded
+                outcome.error = "".join(traceback.format_exception(err))
+                logger.warning("task %s attempt %d/%d failed: %r", task_id, attempt, self.retries + 1, err)
+        self._record_failure(outcome)
+        return outcome
+
+    def _record_failure(self, outcome: TaskOutcome) -> None:
+        record = {
+            "env": self.env_name, "split": self.split, "task_id": outcome.task_id,
+            "attempts": outcome.attempts, "error": outcome.error,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        logger.error("task %s failed after %d attempts; recorded in %s",
+                     outcome.task_id, outcome.attempts, self.out / FAILURES_FILE)
+        with self.lock, open(self.out / FAILURES_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_failures(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``{out_dir}/failures.jsonl`` (empty if none)."""
+    path = Path(out_dir) / FAILURES_FILE
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------- bench
+def bench_mcts(n_tasks: int = 2) -> dict[str, Any]:
+    """Trees per hour on WebShop with the embedded model (``llamacpp``) at ``cpu`` profile settings."""
+    import tempfile
+
+    from qlib.config import load_config
+
+    config = load_config("cpu", {"policy.backend": "llamacpp"})
+    with tempfile.TemporaryDirectory(prefix="qlib-bench-mcts-") as out:
+        summary = collect("webshop", "train", config=config, out_dir=out, limit=n_tasks, workers=1)
+    seconds = summary["seconds"] or float("nan")
+    return {
+        "env": "webshop", "profile": "cpu", "backend": "llamacpp", "model": config.policy.model,
+        "n_tasks": summary["done"], "failed": summary["failed"], "seconds": summary["seconds"],
+        "trees_per_hour": summary["trees_per_hour"],
+        "seconds_per_tree": seconds / summary["done"] if summary["done"] else None,
+        "llm_calls": summary["llm_calls"], "tokens": summary["tokens"],
+        "tokens_per_second": summary["tokens"] / seconds if summary["done"] else None,
+        "mean_best_reward": summary["mean_best_reward"],
+        "iterations": config.mcts.iterations, "n_candidates": config.mcts.n_candidates,
+    }
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``qlib collect`` (``--profile``/``--set`` come from the main CLI)."""
+    parser.add_argument("--env", required=True, choices=ENV_CHOICES, help="environment")
+    parser.add_argument("--split", default="train", choices=("train", "valid", "test"), help="task split")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first K tasks of the split (default: the profile's task count)")
+    parser.add_argument("--out", default=None, help="tree folder (default: runs/trees/{env}_{split})")
+    parser.add_argument("--workers", type=int, default=None, help="tasks in parallel (default: mcts.workers)")
+    parser.add_argument("--shard", default=None, help="i/k: collect tasks[i::k] only")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries of a failing task")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``qlib collect``; prints the summary as JSON; exit code 1 if a task failed."""
+    from qlib.config import load_config, parse_overrides
+
+    config = load_config(getattr(args, "profile", None), parse_overrides(getattr(args, "set", None)))
+    out = args.out or os.path.join("runs", "trees", f"{args.env}_{args.split}")
+    summary = collect(
+        args.env, args.split, config=config, out_dir=out, limit=args.limit, workers=args.workers,
+        shard=parse_shard(args.shard), retries=getattr(args, "retries", DEFAULT_RETRIES),
+    )
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
