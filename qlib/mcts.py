@@ -362,6 +362,7 @@ class TreeSearch:
     def run(self, task_id: Any, config_snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         self.task_observation = self.env.reset(task_id)
+        self.backups: list[list[Any]] = []  # [iteration, leaf id, value] per backpropagation
         root = self._new_node(None, observation=self.task_observation, snapshot=self.env.snapshot())
         iterations, early_stopped = 0, False
         for iteration in range(1, self.settings.iterations + 1):
@@ -373,6 +374,7 @@ class TreeSearch:
                 leaf = self.rollout(select_child(leaf, self.settings.eta), iteration)
             assert leaf.outcome is not None
             self.backpropagate(leaf, leaf.outcome)
+            self.backups.append([iteration, leaf.id, leaf.outcome])
             iterations = iteration
             if self.settings.early_stop and self.best_outcome >= 1.0:
                 early_stopped = True
@@ -399,6 +401,7 @@ class TreeSearch:
             "task_observation": self.task_observation, "root": 0, "nodes": nodes,
             "best_path": [] if best is None else path_ids(nodes, best["id"]),
             "best_reward": best_reward, "stats": stats, "settings": settings, "config": config_snapshot,
+            "backups": self.backups,
         }
 
 
@@ -483,6 +486,35 @@ def write_tree(tree: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     """Write ``tree`` atomically to ``{out_dir}/{env}_{task_id}.json``."""
     path = tree_path(out_dir, tree["env"], tree["task_id"])
     return atomic_write_text(path, json.dumps(tree, ensure_ascii=False, indent=1) + "\n")
+
+
+def tree_at_iteration(tree: dict[str, Any], k: int) -> dict[str, Any]:
+    """The tree as it stood after ``k`` iterations: nodes created by then, N/V/q recomputed from the
+    ``backups`` log. Seeds depend only on the call index, so this equals a run with ``iterations=k``
+    (up to early stopping, which the log reproduces)."""
+    keep = [dict(n, N=0, V=0.0) for n in tree["nodes"] if n["iteration"] <= k]
+    kept = {n["id"] for n in keep}
+    by_id = {n["id"]: n for n in keep}
+    for n in keep:
+        n["children"] = [c for c in n["children"] if c in kept]
+    for iteration, leaf, value in tree.get("backups", []):
+        if iteration > k:
+            break
+        node_id = leaf
+        while node_id is not None:
+            node = by_id[node_id]
+            node["N"] += 1
+            node["V"] += (value - node["V"]) / node["N"]
+            node_id = node["parent"]
+    for n in keep:
+        if n["parent"] is not None and not n["terminal"]:
+            n["q"] = n["V"] if n["N"] > 0 else None
+    best = best_terminal(keep)
+    return dict(
+        tree, nodes=keep, backups=[b for b in tree.get("backups", []) if b[0] <= k],
+        best_path=[] if best is None else path_ids(keep, best["id"]),
+        best_reward=None if best is None else best["reward"],
+    )
 
 
 def load_tree(path: str | os.PathLike) -> dict[str, Any]:

@@ -239,3 +239,23 @@ def test_should_stop_cancels_the_search():
     with pytest.raises(SearchCancelled):
         search_task(ToyEnv(), ToyPolicy(weights={"c": 1.0}), 0, config=config, should_stop=stop_after_two)
     assert len(polls) == 3
+
+
+def test_tree_at_iteration_equals_a_shorter_run():
+    from qlib.mcts import tree_at_iteration
+
+    long_config = load_config("smoke", {"mcts.iterations": 12, "mcts.n_candidates": 3, "mcts.early_stop": False})
+    tree = search_task(ToyEnv(max_steps=5, length=3), ToyPolicy(), 3, config=long_config)
+    assert len(tree["backups"]) == 12
+    same = tree_at_iteration(tree, 12)
+    assert [n["N"] for n in same["nodes"]] == [n["N"] for n in tree["nodes"]]
+    assert [n["V"] for n in same["nodes"]] == pytest.approx([n["V"] for n in tree["nodes"]])
+    assert [n["q"] is None for n in same["nodes"]] == [n["q"] is None for n in tree["nodes"]]
+    for k in (1, 4, 7):
+        short_config = load_config("smoke", {"mcts.iterations": k, "mcts.n_candidates": 3, "mcts.early_stop": False})
+        short = search_task(ToyEnv(max_steps=5, length=3), ToyPolicy(), 3, config=short_config)
+        prefix = tree_at_iteration(tree, k)
+        fields = ("id", "parent", "children", "action", "N", "terminal")
+        assert [tuple(n[f] for f in fields) for n in prefix["nodes"]] == [tuple(n[f] for f in fields) for n in short["nodes"]]
+        assert [n["V"] for n in prefix["nodes"]] == pytest.approx([n["V"] for n in short["nodes"]])
+        assert prefix["best_path"] == short["best_path"]
