@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--only", action="append", help="notebook stem(s) to run, e.g. 01_collect_mcts")
     parser.add_argument("--report", action="store_true", help="only regenerate results/README.md")
+    parser.add_argument("--no-report", action="store_true", help="do not regenerate results/README.md")
     args = parser.parse_args(argv)
     if not args.report:
         selected = [nb for nb in notebooks() if not args.only or nb.stem in args.only]
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {notebook.name} (profile {args.profile})", flush=True)
             wall = run_notebook(notebook, args.profile)
             print(f"   done in {wall:.0f} s", flush=True)
-    print(write_results_readme(args.profile))
+    if not args.no_report:
+        print(write_results_readme(args.profile))
     return 0
 
 
