@@ -13,7 +13,7 @@ LLAMA_CPP := llama-cpp-python[server]==0.3.36
 DEPS_HASH := $(shell cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.qlib-setup-$(DEPS_HASH)
 
-.PHONY: help setup test reproduce smoke lab bench serve clean
+.PHONY: help setup test reproduce smoke lab bench serve clean FORCE
 
 help:
 	@echo "make setup      create .venv and install pinned dependencies (idempotent)"
@@ -41,8 +41,30 @@ $(STAMP):
 test: setup
 	$(PY) -m pytest -q
 
-reproduce: setup
-	$(PY) -m qlib.workbook --profile $(PROFILE)
+# Each notebook is a stage: its executed copy is redone when the notebook, the library, the profile or
+# the previous stage is newer. smoke writes under runs/smoke/ so it never touches committed results.
+RESULTS_DIR := $(if $(filter smoke,$(PROFILE)),runs/smoke/results,results)
+EXECUTED := $(RESULTS_DIR)/notebooks
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+STAGES := $(patsubst notebooks/%,$(EXECUTED)/%,$(NOTEBOOKS))
+QLIB_SOURCES := $(shell find qlib -type f \( -name '*.py' -o -name '*.json' -o -name '*.txt' \) 2>/dev/null)
+PROFILE_MARK := $(RESULTS_DIR)/.profile
+
+reproduce: setup $(STAGES)
+	$(PY) -m qlib.workbook --profile $(PROFILE) --report
+
+$(PROFILE_MARK): FORCE
+	@mkdir -p $(@D)
+	@[ "$$(cat $@ 2>/dev/null)" = "$(PROFILE)" ] || echo "$(PROFILE)" > $@
+
+define STAGE_RULE
+$(1): $(patsubst $(EXECUTED)/%,notebooks/%,$(1)) $(QLIB_SOURCES) $(PROFILE_MARK) | setup
+	$(PY) -m qlib.workbook --profile $(PROFILE) --only $(basename $(notdir $(1))) --no-report
+endef
+$(foreach stage,$(STAGES),$(eval $(call STAGE_RULE,$(stage))))
+# each stage also depends on the one before it
+chain = $(if $(word 2,$(1)),$(eval $(word 2,$(1)): $(word 1,$(1)))$(call chain,$(wordlist 2,999,$(1))))
+$(call chain,$(STAGES))
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
