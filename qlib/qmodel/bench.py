@@ -1,0 +1,168 @@
+"""``python -m qlib bench --only qmodel``: scorer and DPO speed with the real SmolLM2-135M on this CPU.
+
+* scoring n=5 candidates (~30 tokens) after a ~1024-token context: shared-prefix KV cache vs the naive
+  per-candidate forward (target ≥ 4.5× faster) and vs one forward of the context through both models
+  (target ≤ 1.2×);
+* DPO seconds per pair at 256 and 512 tokens, fp32 and bf16 autocast (LoRA, batch 2, a few steps).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+CANDIDATES = [
+    "Thought: The paragraph says he was born in 1966, so I should check Ed Wood next. Action: Search[Ed Wood]",
+    "Thought: Both men are American filmmakers, so the answer is yes. Action: Finish[yes]",
+    "Thought: I need the nationality of Scott Derrickson first. Action: Lookup[nationality]",
+    "Thought: Maybe the director page lists his citizenship somewhere. Action: Search[Scott Derrickson]",
+    "Thought: I am not sure; the first result was ambiguous, try the film. Action: Search[Sinister film]",
+]
+OBSERVATION = (
+    "Observation: Scott Derrickson (born July 16, 1966) is an American director, screenwriter and producer. "
+    "He lives in Los Angeles, California. He is best known for directing horror films such as Sinister, "
+    "The Exorcism of Emily Rose, and Deliver Us From Evil, as well as the 2016 Marvel film Doctor Strange."
+)
+
+
+def timed(fns: dict[str, Callable[[], Any]], repeats: int = 3) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` interleaved rounds (after one warm-up round).
+
+    Interleaving and taking the minimum keeps the ratios fair when other processes share the CPU.
+    """
+    best = {name: float("inf") for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def context(tokenizer: Any, target: int) -> list[dict[str, str]]:
+    """A ReAct-style chat history of about ``target`` prompt tokens (HotPotQA-like steps)."""
+    from qlib.qmodel.format import encode
+
+    messages = [
+        {"role": "user", "content": "Solve a question answering task with interleaving Thought, Action, Observation steps."},
+        {"role": "assistant", "content": "OK"},
+        {"role": "user", "content": "Question: Were Scott Derrickson and Ed Wood of the same nationality?"},
+    ]
+    k = 0
+    while len(encode(tokenizer, messages, ["x"], None)[0].prompt_ids) < target:
+        messages += [{"role": "assistant", "content": f"Thought: step {k}, keep reading. Action: Lookup[born {k}]"},
+                     {"role": "user", "content": OBSERVATION}]
+        k += 1
+    return messages
+
+
+def bench_scoring(model: Any, tokenizer: Any, n_context: int = 1024) -> dict[str, Any]:
+    """Shared-prefix scoring vs naive vs context-only forward (fp32, two model copies)."""
+    from qlib.qmodel.scorer import DPOQModel
+
+    ref = copy.deepcopy(model)
+    q = DPOQModel(model, tokenizer, 0.1, ref=ref, max_length=None)
+    messages = context(tokenizer, n_context)
+    encoded = q.encode(messages, CANDIDATES)
+    prompt = torch.tensor([encoded[0].prompt_ids])
+    with torch.inference_mode():
+        times = timed({
+            "shared": lambda: q.score(messages, CANDIDATES),
+            "naive": lambda: q.score_naive(messages, CANDIDATES),
+            "context": lambda: [m(input_ids=prompt, logits_to_keep=1) for m in (model, ref)],
+            "context_full_logits": lambda: [m(input_ids=prompt) for m in (model, ref)],
+        }, repeats=2)
+        shared_s, naive_s, context_s, context_full_logits_s = times.values()
+        diff = max(abs(a - b) for a, b in zip(q.score(messages, CANDIDATES), q.score_naive(messages, CANDIDATES)))
+    return {
+        "context_tokens": len(encoded[0].prompt_ids),
+        "candidate_tokens": [len(e.completion_ids) for e in encoded],
+        "shared_prefix_s": round(shared_s, 4),
+        "naive_s": round(naive_s, 4),
+        "context_forward_both_models_s": round(context_s, 4),
+        "context_forward_both_models_full_logits_s": round(context_full_logits_s, 4),
+        "speedup_vs_naive": round(naive_s / shared_s, 2),
+        "ratio_vs_context_forward": round(shared_s / context_s, 3),
+        "target_speedup_met": naive_s / shared_s >= 4.5,
+        "target_context_ratio_met": shared_s / context_s <= 1.2,
+        "max_abs_diff_vs_naive": diff,
+    }
+
+
+def dpo_pairs(tokenizer: Any, total_tokens: int, n: int) -> list[dict[str, Any]]:
+    """``n`` pairs whose prompt + longest completion is about ``total_tokens`` tokens."""
+    prompt = context(tokenizer, total_tokens - 40)
+    return [{"prompt": prompt, "chosen": [{"role": "assistant", "content": CANDIDATES[i % 5]}],
+             "rejected": [{"role": "assistant", "content": CANDIDATES[(i + 1) % 5]}]} for i in range(n)]
+
+
+class StepTimer:
+    """Trainer callback recording the wall time of each optimiser step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.start = 0.0
+
+    def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self.times.append(time.perf_counter() - self.start)
+
+
+def bench_dpo(model_dir: str, tokenizer: Any, total_tokens: int, bf16: bool, steps: int = 3) -> dict[str, Any]:
+    """Seconds per pair of LoRA DPO steps (batch 2) at ``total_tokens`` tokens per sequence."""
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from qlib.config import load_config
+    from qlib.qmodel.dpo import build_dataset, longest_pair, make_trainer
+
+    config = load_config("cpu", {"dpo.batch_size": 2, "dpo.epochs": 1, "dpo.max_length": total_tokens + 64})
+    dataset = build_dataset(tokenizer, dpo_pairs(tokenizer, total_tokens, 2 * steps), None)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    timer = StepTimer()
+    callback = type("Timer", (TrainerCallback,), {"on_step_begin": timer.on_step_begin, "on_step_end": timer.on_step_end})
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(model, tokenizer, dataset, config, Path(tmp), bf16=bf16, max_steps=steps)
+        trainer.add_callback(callback())
+        trainer.args.disable_tqdm = True
+        trainer.train()
+    per_step = min(timer.times[1:] or timer.times)
+    return {"tokens": longest_pair(dataset), "dtype": "bf16-autocast" if bf16 else "fp32",
+            "seconds_per_pair": round(per_step / 2, 3), "steps": len(timer.times)}
+
+
+def bench_qmodel(
+    n_context: int = 1024, dpo_lengths: tuple[int, ...] = (256, 512), threads: int | None = None
+) -> dict[str, Any]:
+    """All qmodel benchmarks as one dict (indicative: timings depend on the machine's load).
+
+    ``threads`` sets ``torch.set_num_threads`` first (on a CPU shared with other jobs, 1 thread avoids
+    per-operation synchronisation stalls that penalise small batches).
+    """
+    from qlib.models import load_model, smollm2_dir
+    from qlib.qmodel.dpo import bf16_supported
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer = load_model(torch.float32)
+    result: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                              "bf16_supported": bf16_supported()}
+    result["scoring"] = bench_scoring(model, tokenizer, n_context)
+    result["dpo"] = [
+        bench_dpo(str(smollm2_dir()), tokenizer, length, bf16)
+        for length in dpo_lengths for bf16 in (False, True) if (not bf16 or result["bf16_supported"])
+    ]
+    return result
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(bench_qmodel()))

@@ -1,0 +1,246 @@
+"""Step-level DPO (paper Eq. 8) with trl's ``DPOTrainer`` on pre-tokenised pairs.
+
+trl is fed token ids made by :mod:`qlib.qmodel.format` (the one encoder the scorer uses too), so trl never
+re-applies a chat template or truncates: its ``_prepare_dataset`` is skipped for pre-tokenised data, and a
+collator adds the per-token assistant mask (for trajectory pairs, observation turns inside the completion
+are not scored).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import DPOConfig as TrlDPOConfig
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from qlib.config import Config
+from qlib.qmodel.format import encode_pair, read_jsonl
+
+CONFIG_FILE = "qlib_config.json"
+EMBEDDED_BASE = "smollm2-135m"
+METRIC_KEYS = ("step", "epoch", "loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
+               "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate", "grad_norm")
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 autocast is worth using here: a CUDA GPU with bf16, or a CPU with native bf16 (AVX512-BF16/AMX)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        a = torch.ones(4, 4, dtype=torch.bfloat16)
+        return bool((a @ a).float().sum().item() == 64.0)
+    except Exception:  # noqa: BLE001 - any failure means "no"
+        return False
+
+
+def resolve_base(model_path: str | Path | None) -> tuple[str, str]:
+    """(name to record, folder to load) of the backbone; ``None`` = the embedded SmolLM2-135M."""
+    if model_path is None or str(model_path) == EMBEDDED_BASE:
+        from qlib.models import smollm2_dir
+
+        return EMBEDDED_BASE, str(smollm2_dir())
+    path = str(Path(model_path).expanduser().resolve())
+    return path, path
+
+
+def load_rows(path: str | Path, max_pairs: int = 0) -> list[dict[str, Any]]:
+    """Rows of a pairs / QNet JSONL file (the first ``max_pairs`` when > 0)."""
+    rows = list(read_jsonl(path))
+    return rows[:max_pairs] if max_pairs > 0 else rows
+
+
+def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int | None) -> Any:
+    """A ``datasets.Dataset`` of pre-tokenised preference pairs."""
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    return Dataset.from_list([encode_pair(tokenizer, row, max_length) for row in tqdm(rows, desc="encode pairs")])
+
+
+class MaskedPreferenceCollator(DataCollatorForPreference):
+    """trl's preference collator, with the completion mask taken from ``chosen_mask`` / ``rejected_mask``."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super().torch_call(examples)
+        width = output["input_ids"].shape[1]
+        rows = [[0] * len(e["prompt_ids"]) + list(e[key]) for key in ("chosen_mask", "rejected_mask") for e in examples]
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            mask[i, : len(row)] = torch.tensor(row[:width], dtype=torch.long)
+        output["completion_mask"] = mask
+        return output
+
+
+class PreTokenizedDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` that takes already tokenised ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they are."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: D401 - trl hook
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        for name in ("chosen_mask", "rejected_mask"):
+            if name not in self._signature_columns:
+                self._signature_columns.append(name)
+
+
+class MetricsCallback(TrainerCallback):
+    """Collects the per-logging-step DPO metrics and writes them to ``metrics.csv``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - trainer hook
+        if logs and "loss" in logs:
+            self.rows.append({"step": state.global_step, **{k: logs.get(k) for k in METRIC_KEYS[1:]}})
+            self.write()
+
+    def write(self) -> None:
+        with open(self.path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(METRIC_KEYS))
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+def micro_batch(batch_size: int, longest: int) -> int:
+    """Largest divisor of ``batch_size`` whose micro-batch stays within ~4k tokens per side."""
+    limit = max(1, 4096 // max(longest, 1))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= limit)
+
+
+def longest_pair(dataset: Any) -> int:
+    """Longest prompt + completion in a pre-tokenised dataset."""
+    return max(
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+    )
+
+
+def trainer_args(config: Config, out_dir: Path, dataset: Any, *, bf16: bool, max_steps: int = -1) -> TrlDPOConfig:
+    """trl ``DPOConfig`` from the qlib profile (β, lr, warm-up, batch, epochs, seed)."""
+    cfg = config.dpo
+    micro = micro_batch(cfg.batch_size, longest_pair(dataset))
+    # A precomputed reference costs one pass over the pairs; computing it on the fly costs one per epoch
+    # (and keeps a second model in memory for full fine-tuning).
+    precompute = cfg.epochs > 1 or not cfg.lora
+    return TrlDPOConfig(
+        output_dir=str(out_dir / "trainer"),
+        beta=cfg.beta,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.batch_size // micro,
+        num_train_epochs=cfg.epochs,
+        max_steps=max_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        max_length=None,  # format.py already cut every pair to max_length (never the completion)
+        precompute_ref_log_probs=precompute,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def lora_config(config: Config) -> Any:
+    """peft LoRA on every linear layer but the LM head."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.dpo.lora_r, lora_alpha=config.dpo.lora_alpha, lora_dropout=0.0,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )
+
+
+def make_trainer(
+    model: Any, tokenizer: Any, dataset: Any, config: Config, out_dir: Path, *, bf16: bool, max_steps: int = -1
+) -> PreTokenizedDPOTrainer:
+    """A DPO trainer over a pre-tokenised dataset, with LoRA when ``config.dpo.lora``."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = trainer_args(config, out_dir, dataset, bf16=bf16, max_steps=max_steps)
+    collator = MaskedPreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+    return PreTokenizedDPOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
+        peft_config=lora_config(config) if config.dpo.lora else None,
+    )
+
+
+def save_dpo(trainer: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Adapter (LoRA) or full weights as safetensors, the tokenizer, and ``qlib_config.json``."""
+    weights = out_dir / ("adapter" if meta["lora"] else "model")
+    trainer.model.save_pretrained(weights, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def train_dpo(
+    pairs_file: str | Path,
+    out_dir: str | Path,
+    config: Config,
+    *,
+    model_path: str | Path | None = None,
+    tokenizer: Any = None,
+    max_steps: int = -1,
+) -> Path:
+    """Train the Q-value model with step-level DPO on ``pairs_file``; return ``out_dir``.
+
+    ``out_dir`` gets ``adapter/`` (LoRA) or ``model/`` (full) as safetensors, ``tokenizer/``,
+    ``qlib_config.json`` and ``metrics.csv``. ``max_steps`` > 0 stops early (smoke runs, benchmarks).
+    """
+    return run_dpo(pairs_file, out_dir, config, model_path=model_path, tokenizer=tokenizer, max_steps=max_steps)[0]
+
+
+def run_dpo(
+    pairs_file: str | Path, out_dir: str | Path, config: Config, *, model_path: str | Path | None = None,
+    tokenizer: Any = None, max_steps: int = -1,
+) -> tuple[Path, PreTokenizedDPOTrainer]:
+    """:func:`train_dpo`, also returning the trainer (its ``model`` is the trained policy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base_name, base_dir = resolve_base(model_path)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_dir)
+    rows = load_rows(pairs_file, config.dpo.max_pairs)
+    if not rows:
+        raise ValueError(f"{pairs_file} holds no preference pairs")
+    dataset = build_dataset(tokenizer, rows, config.dpo.max_length)
+    bf16 = config.dpo.bf16 and bf16_supported()
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    trainer = make_trainer(model, tokenizer, dataset, config, out, bf16=bf16, max_steps=max_steps)
+    metrics = MetricsCallback(out / "metrics.csv")
+    trainer.add_callback(metrics)
+    start = time.perf_counter()
+    result = trainer.train()
+    meta = {
+        "kind": "dpo", "beta": config.dpo.beta, "lora": config.dpo.lora, "base_model": base_name,
+        "dtype": "bf16-autocast" if bf16 else "fp32", "bf16_requested": config.dpo.bf16,
+        "max_length": config.dpo.max_length, "n_pairs": len(rows), "pairs_file": str(pairs_file),
+        "precompute_ref_log_probs": trainer.args.precompute_ref_log_probs,
+        "micro_batch": trainer.args.per_device_train_batch_size,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
+        "steps": trainer.state.global_step, "seed": config.seed, "config": config.to_dict(),
+    }
+    save_dpo(trainer, tokenizer, out, meta)
+    trainer.model.eval()
+    return out, trainer

@@ -1,0 +1,168 @@
+"""The DPO implicit Q-value (paper Eq. 9): Q(u, τ, a) = β Σ_{tokens of a} [log πθ − log πref].
+
+The shared context (u, τ) is encoded once per model and its KV cache is reused for all n candidates, which
+run together as one packed sequence against it (a block-diagonal causal 4D mask, per-candidate positions;
+no padding is computed). With LoRA the reference is the same network with the adapter disabled.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from qlib.qmodel.format import Encoded, Message, encode
+
+VARIANTS = ("sum", "official")
+
+
+def is_peft(model: Any) -> bool:
+    """Whether ``model`` is a peft model (its adapter can be switched off)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """A [len(rows), longest] long tensor, padded on the right with ``value``."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def packed_inputs(prefix_len: int, rows: Sequence[Sequence[int]], dtype: torch.dtype, device: Any) -> dict[str, torch.Tensor]:
+    """Model inputs that run ``rows`` as one packed sequence after a cached prefix of ``prefix_len`` tokens.
+
+    Each row sees the whole prefix and its own earlier tokens (a 4D additive mask, block-diagonal causal
+    over the rows) and gets the positions it would have right after the prefix; no padding is computed.
+    """
+    lengths = torch.tensor([len(r) for r in rows])
+    local = torch.cat([torch.arange(int(n)) for n in lengths])
+    segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+    own = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
+    allowed = torch.cat([torch.ones(len(local), prefix_len, dtype=torch.bool), own], 1)
+    mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return {
+        "input_ids": torch.tensor([[t for r in rows for t in r]], dtype=torch.long, device=device),
+        "position_ids": (prefix_len + local)[None].to(device),
+        "attention_mask": mask.to(device),
+    }
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+@torch.inference_mode()
+def candidate_logits(model: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Logits predicting every completion token, [n, longest, vocab] (zero past a row's end).
+
+    The prompt is encoded once; all completions (minus their last token, which predicts nothing) then run
+    as one packed sequence against its KV cache.
+    """
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True, logits_to_keep=1)
+    first = out.logits[0, -1].float()
+    heads = [list(c[:-1]) for c in completions]
+    result = torch.zeros(len(completions), max(len(c) for c in completions), first.shape[-1], device=device)
+    result[:, 0] = first
+    if any(heads):
+        inputs = packed_inputs(len(prompt_ids), [h for h in heads if h], model_dtype(model), device)
+        logits = model(**inputs, past_key_values=out.past_key_values, use_cache=True).logits[0].float()
+        offset = 0
+        for i, h in enumerate(heads):
+            result[i, 1:len(h) + 1] = logits[offset:offset + len(h)]
+            offset += len(h)
+    return result
+
+
+def combine(
+    policy_logits: torch.Tensor, ref_logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+    beta: float, variant: str = "sum", length_normalise: bool = False,
+) -> torch.Tensor:
+    """Per-candidate Q from the two models' logits at the completion tokens ([n, L, V], ids/mask [n, L])."""
+    idx = ids.unsqueeze(-1)
+    mask = mask.to(policy_logits.dtype)
+    count = mask.sum(1).clamp(min=1)
+    if variant == "official":  # the released code: mean_t log_softmax(logits_θ - logits_ref)[a_t]
+        per_token = F.log_softmax(policy_logits - ref_logits, -1).gather(-1, idx).squeeze(-1)
+        return (per_token * mask).sum(1) / count
+    if variant != "sum":
+        raise ValueError(f"unknown scoring variant {variant!r}; expected one of {VARIANTS}")
+    ratio = F.log_softmax(policy_logits, -1).gather(-1, idx) - F.log_softmax(ref_logits, -1).gather(-1, idx)
+    q = beta * (ratio.squeeze(-1) * mask).sum(1)
+    return q / count if length_normalise else q
+
+
+class DPOQModel:
+    """Q-value model = a DPO-trained policy and its reference (paper Eq. 9)."""
+
+    kind = "dpo"
+
+    def __init__(
+        self, policy: Any, tokenizer: Any, beta: float, *, ref: Any = None, max_length: int | None = None,
+        variant: str = "sum", length_normalise: bool = False, max_batch: int = 16,
+    ) -> None:
+        if ref is None and not is_peft(policy):
+            raise ValueError("give a reference model, or a peft policy whose disabled adapter is the reference")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown scoring variant {variant!r}; expected one of {VARIANTS}")
+        self.policy, self.ref, self.tokenizer, self.beta = policy.eval(), ref, tokenizer, beta
+        if ref is not None:
+            ref.eval()
+        self.max_length, self.variant, self.length_normalise, self.max_batch = max_length, variant, length_normalise, max_batch
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.scored_tokens = 0  # tokens run through each model (prompt once per call + all candidate tokens)
+        self.calls = 0
+
+    def reference(self) -> tuple[Any, contextlib.AbstractContextManager]:
+        """(model, context) that compute the reference log-probabilities."""
+        if self.ref is not None:
+            return self.ref, contextlib.nullcontext()
+        return self.policy, self.policy.disable_adapter()
+
+    def encode(self, messages: Sequence[Message], completions: Sequence[str | Sequence[Message]]) -> list[Encoded]:
+        """The token ids scored for each completion (shared, left-truncated prompt)."""
+        return encode(self.tokenizer, messages, completions, self.max_length)
+
+    def score(self, messages: Sequence[Message], candidates: Sequence[str]) -> list[float]:
+        """Q of each candidate assistant turn after the chat ``messages`` (ending with a user turn)."""
+        return self.score_completions(messages, candidates)
+
+    def score_completions(self, messages: Sequence[Message], completions: Sequence[str | Sequence[Message]]) -> list[float]:
+        """Q of each completion: a turn, or a multi-turn trajectory (only assistant tokens count)."""
+        if not completions:
+            return []
+        encoded = self.encode(messages, completions)
+        scores: list[float] = []
+        for start in range(0, len(encoded), self.max_batch):
+            scores += self._score_batch(encoded[start:start + self.max_batch])
+        self.calls += 1
+        return scores
+
+    def _score_batch(self, batch: Sequence[Encoded]) -> list[float]:
+        prompt, rows = batch[0].prompt_ids, [e.completion_ids for e in batch]
+        policy_logits = candidate_logits(self.policy, prompt, rows)
+        ref_model, context = self.reference()
+        with context:
+            ref_logits = candidate_logits(ref_model, prompt, rows)
+        ids = pad_right(rows, self.pad_id).to(policy_logits.device)
+        mask = pad_right([e.completion_mask for e in batch], 0).to(policy_logits.device)
+        self.scored_tokens += len(prompt) + sum(len(r) for r in rows)
+        q = combine(policy_logits, ref_logits, ids, mask, self.beta, self.variant, self.length_normalise)
+        return q.tolist()
+
+    @torch.inference_mode()
+    def score_naive(self, messages: Sequence[Message], completions: Sequence[str | Sequence[Message]]) -> list[float]:
+        """The same Q with one full forward of prompt + completion per candidate and model (reference check)."""
+        scores = []
+        for e in self.encode(messages, completions):
+            ids = torch.tensor([e.prompt_ids + e.completion_ids], device=next(self.policy.parameters()).device)
+            p, n = len(e.prompt_ids), len(e.completion_ids)
+            logits = []
+            for model, context in ((self.policy, contextlib.nullcontext()), self.reference()):
+                with context:
+                    logits.append(model(input_ids=ids).logits[:, p - 1:p + n - 1].float())
+            target = ids[:, p:]
+            mask = torch.tensor([e.completion_mask], device=ids.device)
+            scores += combine(logits[0], logits[1], target, mask, self.beta, self.variant, self.length_normalise).tolist()
+        return scores

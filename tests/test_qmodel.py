@@ -1,0 +1,321 @@
+"""Q-value models: formatting/truncation, the shared-prefix scorer, DPO with trl, QNet, CLI hooks.
+
+Everything runs on a tiny random Llama over a tiny ChatML tokenizer built in code (qlib.qmodel.tiny).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlib.config import load_config
+from qlib.qmodel import DPOQModel, load_q_model, preference_accuracy
+from qlib.qmodel.format import encode, read_jsonl
+from qlib.qmodel.tiny import save_tiny, tiny_llama, tiny_tokenizer
+
+INSTRUCTION = "Solve a question answering task with interleaving Thought, Action, Observation steps."
+HEAD = [{"role": "user", "content": INSTRUCTION}, {"role": "assistant", "content": "OK"}]
+ICL = [
+    {"role": "user", "content": "Question: Were Scott Derrickson and Ed Wood of the same nationality?"},
+    {"role": "assistant", "content": "Thought: I search. Action: Search[Scott Derrickson]"},
+    {"role": "user", "content": "Observation: Scott Derrickson (born July 16, 1966) is an American director."},
+    {"role": "assistant", "content": "Thought: done. Action: Finish[yes]"},
+]
+
+
+def history(task: str, steps: int) -> list[dict[str, str]]:
+    """Instruction, OK, one ICL example, the task and ``steps`` (action, observation) steps."""
+    messages = [*HEAD, *ICL, {"role": "user", "content": f"Question: {task}"}]
+    for k in range(steps):
+        messages += [
+            {"role": "assistant", "content": f"Thought: step {k}. Action: Search[entity {k}]"},
+            {"role": "user", "content": f"Observation: result {k}. " + "Scott Derrickson is American. " * 3},
+        ]
+    return messages
+
+
+def pair_row(i: int, steps: int = 1, level: str = "step") -> dict:
+    prompt = history(f"is item {i} blue?", steps)
+    chosen = [{"role": "assistant", "content": f"Thought: check {i}. Action: Lookup[born {i}]"}]
+    rejected = [{"role": "assistant", "content": "Thought: guess. Action: Finish[no]"}]
+    if level == "trajectory":
+        chosen = chosen + [{"role": "user", "content": "Observation: born 1966."}, chosen[0]]
+        rejected = rejected + [{"role": "user", "content": "Observation: wrong."}, rejected[0]]
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "env": "hotpotqa", "task_id": str(i),
+            "depth": steps, "q_chosen": 1.0, "q_rejected": 0.0, "tree_file": "t.json", "level": level}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    rows = [pair_row(i, steps=i % 3) for i in range(4)]
+    return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", rows)
+
+
+def dpo_config(**overrides):
+    base = {"dpo.batch_size": 2, "dpo.epochs": 3, "dpo.learning_rate": 5e-3, "dpo.max_length": 256,
+            "dpo.bf16": False, "dpo.warmup_ratio": 0.0}
+    return load_config("smoke", {**base, **overrides})
+
+
+# --------------------------------------------------------------------------- format / truncation
+
+
+def test_left_truncation_keeps_actions_instruction_and_task(tok):
+    messages = history("were they both American?", steps=6)
+    candidates = ["Thought: check. Action: Finish[yes]", "Thought: more. Action: Search[Ed Wood]"]
+    full = encode(tok, messages, candidates, None)
+    cut = encode(tok, messages, candidates, 200)
+    assert len(full[0].prompt_ids) + max(len(e.completion_ids) for e in full) > 200
+    for whole, short in zip(full, cut):
+        assert short.completion_ids == whole.completion_ids  # every action token kept
+        assert len(short.prompt_ids) + len(short.completion_ids) <= 200
+    assert cut[0].dropped_messages > 0 and cut[0].cut_tokens == 0
+    text = tok.decode(cut[0].prompt_ids)
+    assert INSTRUCTION in text and "Question: were they both American?" in text
+    assert "result 5." in text and "result 0." not in text  # newest step kept, oldest dropped
+    assert "Scott Derrickson and Ed Wood" not in text  # the ICL example went first
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_token_level_cut_never_touches_completion(tok):
+    messages = history("x?", steps=0)
+    long_action = "Thought: " + "very long reasoning " * 10 + "Action: Finish[yes]"
+    (whole,) = encode(tok, messages, [long_action], None)
+    limit = len(whole.completion_ids) + 20
+    (enc,) = encode(tok, messages, [long_action], limit)
+    assert enc.cut_tokens > 0 and enc.completion_ids == whole.completion_ids
+    assert len(enc.prompt_ids) + len(enc.completion_ids) == limit
+    assert enc.prompt_ids == whole.prompt_ids[-20:] or enc.dropped_messages > 0
+    assert tok.decode(enc.completion_ids).startswith(long_action)
+
+
+def test_trajectory_completion_masks_observations(tok):
+    completion = [{"role": "assistant", "content": "Action: Search[a]"}, {"role": "user", "content": "Observation: b"},
+                  {"role": "assistant", "content": "Action: Finish[c]"}]
+    (enc,) = encode(tok, history("q?", 1), [completion], None)
+    scored = tok.decode([t for t, m in zip(enc.completion_ids, enc.completion_mask) if m])
+    skipped = tok.decode([t for t, m in zip(enc.completion_ids, enc.completion_mask) if not m])
+    assert "Search[a]" in scored and "Finish[c]" in scored and "Observation: b" in skipped
+    assert scored.count("<|im_end|>") == 2
+
+
+# --------------------------------------------------------------------------- scorer
+
+
+CANDIDATES = ["Thought: check. Action: Finish[yes]", "Action: Search[Ed Wood]", "OK",
+              "Thought: a much longer thought about the question. Action: Lookup[born]"]
+
+
+@pytest.mark.parametrize("variant,normalise", [("sum", False), ("sum", True), ("official", False)])
+def test_shared_prefix_scorer_equals_naive(tok, variant, normalise):
+    q = DPOQModel(tiny_llama(tok, seed=1), tok, 0.1, ref=tiny_llama(tok, seed=2), variant=variant,
+                  length_normalise=normalise, max_length=300)
+    messages = history("is it blue?", 3)
+    fast, naive = q.score(messages, CANDIDATES), q.score_naive(messages, CANDIDATES)
+    assert fast == pytest.approx(naive, abs=1e-4)
+    assert len(set(round(s, 6) for s in fast)) == len(CANDIDATES)
+    assert q.scored_tokens > 0
+
+
+def random_lora(tok):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(tok, seed=3), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    torch.manual_seed(4)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_lora_scorer_equals_naive_with_adapter_disabled_reference(tok):
+    q = DPOQModel(random_lora(tok), tok, 0.5)
+    messages = history("is it red?", 2)
+    fast = q.score(messages, CANDIDATES)
+    assert fast == pytest.approx(q.score_naive(messages, CANDIDATES), abs=1e-4)
+    assert max(abs(s) for s in fast) > 1e-3  # the adapter really changes the policy
+
+
+def test_hand_computed_implicit_q(tok):
+    """β Σ (log πθ − log πref) with an explicit softmax over the full logits of prompt + action."""
+    policy, ref, beta = tiny_llama(tok, seed=5), tiny_llama(tok, seed=6), 0.3
+    messages = history("who?", 1)
+    action = "Thought: I know. Action: Finish[Ed Wood]"
+    prompt_text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    action_ids = tok(action + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + action_ids])
+    total = 0.0
+    with torch.no_grad():
+        for sign, model in ((1.0, policy), (-1.0, ref)):
+            logits = model(input_ids=ids).logits[0].double()
+            for j, token in enumerate(action_ids):
+                row = logits[len(prompt_ids) + j - 1]
+                probs = torch.exp(row - row.max()) / torch.exp(row - row.max()).sum()
+                total += sign * torch.log(probs[token]).item()
+    (score,) = DPOQModel(policy, tok, beta, ref=ref).score(messages, [action])
+    assert score == pytest.approx(beta * total, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- DPO training
+
+
+def test_dpo_lora_learns_pairs_and_trl_scores_the_scorer_tokens(tok, tiny_dir, pairs_file, tmp_path):
+    from qlib.qmodel.dpo import run_dpo
+    from qlib.qmodel.scorer import candidate_logits
+
+    config = dpo_config(**{"dpo.lora": True, "dpo.epochs": 3})
+    out, trainer = run_dpo(pairs_file, tmp_path / "dpo", config, model_path=tiny_dir, max_steps=6)
+    # trl trained on exactly the ids the scorer scores, with the same mask, and its reference log-probs agree
+    rows = list(read_jsonl(pairs_file))
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    enc = encode(trainer.processing_class, rows[0]["prompt"], [rows[0]["chosen"], rows[0]["rejected"]], 256)
+    for side, e in enumerate(enc):
+        n = len(e.prompt_ids) + len(e.completion_ids)
+        assert batch["input_ids"][side, :n].tolist() == e.prompt_ids + e.completion_ids
+        assert batch["completion_mask"][side, :n].tolist() == [0] * len(e.prompt_ids) + e.completion_mask
+    with trainer.model.disable_adapter():
+        logits = candidate_logits(trainer.model, enc[0].prompt_ids, [e.completion_ids for e in enc])
+    logp = torch.log_softmax(logits, -1)
+    ref_sums = [sum(logp[i, j, t].item() for j, t in enumerate(e.completion_ids)) for i, e in enumerate(enc)]
+    assert ref_sums == pytest.approx([batch["ref_chosen_logps"].item(), batch["ref_rejected_logps"].item()], abs=1e-3)
+
+    meta = json.loads((out / "qlib_config.json").read_text())
+    assert meta["kind"] == "dpo" and meta["dtype"] == "fp32" and meta["beta"] == 0.1 and meta["lora"]
+    assert meta["config"]["dpo"]["batch_size"] == 2 and (out / "adapter" / "adapter_model.safetensors").is_file()
+    with open(out / "metrics.csv") as handle:
+        metrics = list(csv.DictReader(handle))
+    assert len(metrics) == 6 and {"loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"} <= set(metrics[0])
+
+    loaded = load_q_model(out)
+    result = preference_accuracy(loaded, pairs_file)
+    assert result["accuracy"] == 1.0 and result["n"] == 4 and result["mean_margin"] > 0
+    in_memory = DPOQModel(trainer.model, trainer.processing_class, 0.1, max_length=256)
+    messages = rows[1]["prompt"]
+    assert loaded.score(messages, CANDIDATES) == pytest.approx(in_memory.score(messages, CANDIDATES), abs=1e-5)
+
+
+def test_dpo_full_finetune_round_trip_and_trajectory_pairs(tok, tiny_dir, tmp_path):
+    from qlib.qmodel.dpo import run_dpo
+
+    rows = [pair_row(i, steps=1, level="trajectory") for i in range(2)] + [pair_row(9, steps=2)]
+    pairs = write_jsonl(tmp_path / "traj.jsonl", rows)
+    config = dpo_config(**{"dpo.lora": False, "dpo.learning_rate": 1e-3, "dpo.batch_size": 3})
+    out, trainer = run_dpo(pairs, tmp_path / "full", config, model_path=tiny_dir, max_steps=3)
+    assert (out / "model" / "model.safetensors").is_file()
+    loaded = load_q_model(out)
+    result = preference_accuracy(loaded, pairs)
+    assert result["accuracy"] == 1.0 and set(result["by_level"]) == {"step", "trajectory"}
+    ref = type(trainer.model).from_pretrained(tiny_dir)
+    in_memory = DPOQModel(trainer.model, trainer.processing_class, 0.1, ref=ref, max_length=256)
+    messages = rows[0]["prompt"]
+    assert loaded.score(messages, CANDIDATES) == pytest.approx(in_memory.score(messages, CANDIDATES), abs=1e-5)
+
+
+def test_bf16_detection_returns_a_bool():
+    from qlib.qmodel.dpo import bf16_supported
+
+    assert isinstance(bf16_supported(), bool)
+
+
+# --------------------------------------------------------------------------- QNet
+
+
+def qnet_rows() -> list[dict]:
+    rows = []
+    for i in range(6):
+        for j, action in enumerate(["Action: Search[a]", "Action: Finish[b]"]):
+            q = ((i * 2 + j) % 5) / 4
+            rows.append({"prompt": history(f"task {i}?", i % 2), "completion": [{"role": "assistant", "content": action}],
+                         "q": q, "q_raw": q, "env": "hotpotqa", "task_id": str(i)})
+    return rows
+
+
+def test_qnet_overfits_and_round_trips(tiny_dir, tmp_path):
+    from qlib.qmodel.qnet import run_qnet
+
+    rows = qnet_rows()
+    data = write_jsonl(tmp_path / "qnet.jsonl", rows)
+    config = load_config("smoke", {"qnet.epochs": 300, "qnet.hidden": 64, "qnet.learning_rate": 3e-3,
+                                   "qnet.batch_size": 12, "dpo.max_length": 256})
+    out, model = run_qnet(data, tmp_path / "qnet", config, model_path=tiny_dir)
+    meta = json.loads((out / "qlib_config.json").read_text())
+    assert meta["kind"] == "qnet" and meta["final_mse"] < 1e-3
+    loaded = load_q_model(out)
+    assert loaded.kind == "qnet"
+    row = rows[2]
+    actions = ["Action: Search[a]", "Action: Finish[b]"]
+    assert loaded.score(row["prompt"], actions) == pytest.approx(model.score(row["prompt"], actions), abs=1e-6)
+    predicted = [loaded.score_completions(r["prompt"], [r["completion"]])[0] for r in rows]
+    assert predicted == pytest.approx([r["q"] for r in rows], abs=0.05)
+    # batched shared-prefix features equal one full forward per sequence
+    from qlib.qmodel.qnet import full_hidden
+
+    with torch.no_grad():
+        full = full_hidden(loaded.backbone, loaded.encode(row["prompt"], actions))
+    assert torch.allclose(loaded.features(row["prompt"], actions), full, atol=1e-4)
+
+
+def test_qnet_finetuned_backbone_round_trip(tiny_dir, tmp_path):
+    from qlib.qmodel.qnet import run_qnet
+
+    data = write_jsonl(tmp_path / "qnet.jsonl", qnet_rows()[:4])
+    config = load_config("smoke", {"qnet.epochs": 1, "qnet.hidden": 32, "qnet.freeze_backbone": False})
+    out, model = run_qnet(data, tmp_path / "qnet", config, model_path=tiny_dir)
+    assert (out / "backbone" / "model.safetensors").is_file()
+    messages, actions = qnet_rows()[0]["prompt"], ["Action: Search[a]", "x"]
+    assert load_q_model(out).score(messages, actions) == pytest.approx(model.score(messages, actions), abs=1e-5)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_import_is_light():
+    code = "import sys, qlib.qmodel.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_cli_trains_a_qnet(tiny_dir, tmp_path):
+    from qlib.qmodel import cli
+
+    data = write_jsonl(tmp_path / "rows.jsonl", qnet_rows()[:4])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--set", action="append", default=[])
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--pairs", str(data), "--out", str(tmp_path / "cli"), "--kind", "qnet",
+                              "--model", str(tiny_dir), "--set", "qnet.hidden=16"])
+    assert cli.run(args) == 0
+    assert json.loads((tmp_path / "cli" / "qlib_config.json").read_text())["config"]["qnet"]["hidden"] == 16
