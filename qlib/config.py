@@ -45,7 +45,7 @@ class PolicyConfig:
     max_tokens: int = 128
     stop: list[str] = field(default_factory=lambda: ["Observation", "\nObservation"])
     constrain_actions: bool = True
-    n_ctx: int = 4096
+    n_ctx: int = 8192  # SmolLM2-135M was trained with 8k context
     request_timeout: float = 60.0
     max_retries: int = 5
     concurrency: int = 4  # parallel requests when the endpoint ignores `n`

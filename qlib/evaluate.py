@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from qlib.agent.base import Candidate, Message, Policy
+from qlib.agent.base import Candidate, ContextOverflowError, Message, Policy
 from qlib.config import Config, load_config, parse_overrides
 from qlib.envs.base import Environment, check_split
 
@@ -152,17 +152,22 @@ def run_episode(runner: Runner, task_id: int, method: str, n: int, trajectory: i
     history: History = []
     records: list[dict[str, Any]] = []
     tokens = prompt_tokens = 0
-    done, reward, truncated = False, 0.0, False
+    done, reward, truncated, overflow = False, 0.0, False, False
     while not done:
         t = len(history)
         if t >= env.max_steps:
             raise RuntimeError(f"environment did not end the episode at its step limit {env.max_steps}")
         messages = runner.render(runner.env_name, obs0, history, variant=runner.variant, icl=True)
-        candidates = runner.policy.propose(
-            messages, n if method in SELECTION else 1,
-            temperature=0.0 if method == "greedy" else runner.temperature,
-            action_space=env.valid_actions(), seed=step_seed(runner.seed, runner.env_name, task_id, t, trajectory),
-        )
+        try:
+            candidates = runner.policy.propose(
+                messages, n if method in SELECTION else 1,
+                temperature=0.0 if method == "greedy" else runner.temperature,
+                action_space=env.valid_actions(), seed=step_seed(runner.seed, runner.env_name, task_id, t, trajectory),
+            )
+        except ContextOverflowError as err:  # as ETO: the episode ends there with no reward
+            log.warning("task %s step %d: %s; episode ends with reward 0", task_id, t, err)
+            reward, truncated, overflow = 0.0, True, True
+            break
         if not candidates:
             raise RuntimeError("policy returned no candidates")
         tokens += sum(c.n_tokens for c in candidates)
@@ -177,7 +182,7 @@ def run_episode(runner: Runner, task_id: int, method: str, n: int, trajectory: i
         truncated = bool(result.info.get("truncated", False))
         records.append(step_record(chosen, result, extra))
     return {
-        "reward": reward, "steps": len(records), "truncated": truncated,
+        "reward": reward, "steps": len(records), "truncated": truncated, "context_overflow": overflow,
         "tokens_generated": tokens, "prompt_tokens": prompt_tokens, "trajectory": records,
     }
 

@@ -102,7 +102,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from qlib.agent.base import Candidate, Message, Policy
+from qlib.agent.base import Candidate, ContextOverflowError, Message, Policy
 from qlib.envs.base import Environment
 
 logger = logging.getLogger(__name__)
@@ -285,10 +285,16 @@ class TreeSearch:
         )
         seed = derive_seed(self.seed, self.llm_calls)
         self.llm_calls += 1
-        candidates = self.policy.propose(
-            messages, n, temperature=self.settings.temperature,
-            action_space=self.env.valid_actions(), seed=seed,
-        )
+        try:
+            candidates = self.policy.propose(
+                messages, n, temperature=self.settings.temperature,
+                action_space=self.env.valid_actions(), seed=seed,
+            )
+        except ContextOverflowError as err:
+            logger.warning("node %d (depth %d): %s; treated as the depth limit", node.id, node.depth, err)
+            node.terminal = node.truncated = True
+            node.outcome = self.settings.depth_limit_reward
+            return []
         self.tokens += sum(c.n_tokens for c in candidates)
         self.prompt_tokens += sum(c.prompt_tokens for c in candidates[:1])
         if not candidates:
@@ -329,6 +335,8 @@ class TreeSearch:
         return node
 
     def expand(self, node: Node, iteration: int) -> list[Node]:
+        """Sample n candidates at ``node`` and add one child per distinct action (none if the prompt
+        overflowed the context: ``node`` is then a truncated terminal)."""
         self.env.restore(node.snapshot)
         candidates = self._propose(node, self.settings.n_candidates)
         merged: dict[str, list[Candidate]] = {}
@@ -346,8 +354,10 @@ class TreeSearch:
             return node
         self.env.restore(node.snapshot)
         while not node.terminal:
-            candidate = self._propose(node, 1)[0]
-            node = self._step(node, candidate, rollout=True, iteration=iteration)
+            candidates = self._propose(node, 1)
+            if not candidates:  # context overflow: node became a truncated terminal
+                break
+            node = self._step(node, candidates[0], rollout=True, iteration=iteration)
         return node
 
     @staticmethod
@@ -369,8 +379,7 @@ class TreeSearch:
             if self.should_stop is not None and self.should_stop():
                 raise SearchCancelled(f"search of task {task_id} cancelled at iteration {iteration}")
             leaf = self.select(root)
-            if not leaf.terminal:
-                self.expand(leaf, iteration)
+            if not leaf.terminal and self.expand(leaf, iteration):
                 leaf = self.rollout(select_child(leaf, self.settings.eta), iteration)
             assert leaf.outcome is not None
             self.backpropagate(leaf, leaf.outcome)

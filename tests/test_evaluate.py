@@ -396,3 +396,32 @@ def test_all_methods_on_the_shared_toy_env(config):
     assert table.loc["bon", "reward"] >= table.loc["sampled", "reward"]
     diff = paired_differences(rows, baseline="q", others=["sampled"], resamples=200)
     assert diff.loc[0, "reward_diff"] >= 0
+
+
+class OverflowAfter:
+    """Wraps a policy; raises ContextOverflowError once the prompt holds ``limit`` assistant turns."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.limit = inner, limit
+
+    def propose(self, messages, n, **kw):
+        from qlib.agent.base import ContextOverflowError
+
+        if sum(m["role"] == "assistant" for m in messages) >= self.limit:
+            raise ContextOverflowError("prompt too long")
+        return self.inner.propose(messages, n, **kw)
+
+
+def test_context_overflow_ends_the_episode_with_reward_zero(config):
+    rows = run("sampled", config, OverflowAfter(ScriptedHints(), 1), limit=2)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["reward"] == 0.0 and row["truncated"] and row["context_overflow"]
+        assert row["steps"] == 1 and "error" not in row
+
+
+class ScriptedHints:
+    def propose(self, messages, n, **kw):
+        from qlib.agent.base import Candidate
+
+        return [Candidate(text="Thought: hint\nAction: hint[]", thought="hint", action="hint[]", valid=True)] * n

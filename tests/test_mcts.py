@@ -259,3 +259,27 @@ def test_tree_at_iteration_equals_a_shorter_run():
         assert [tuple(n[f] for f in fields) for n in prefix["nodes"]] == [tuple(n[f] for f in fields) for n in short["nodes"]]
         assert [n["V"] for n in prefix["nodes"]] == pytest.approx([n["V"] for n in short["nodes"]])
         assert prefix["best_path"] == short["best_path"]
+
+
+class OverflowAfterDepth:
+    """A toy policy whose prompt overflows the context below ``depth`` steps of history."""
+
+    def __init__(self, depth):
+        self.inner, self.depth = ToyPolicy(), depth
+
+    def propose(self, messages, n, **kw):
+        from qlib.agent.base import ContextOverflowError
+
+        if sum(m["role"] == "assistant" for m in messages) >= self.depth:
+            raise ContextOverflowError("prompt too long")
+        return self.inner.propose(messages, n, **kw)
+
+
+def test_context_overflow_is_a_truncated_terminal_with_the_depth_limit_reward():
+    config = load_config("smoke", {"mcts.iterations": 6, "mcts.n_candidates": 3, "mcts.early_stop": False})
+    tree = search_task(ToyEnv(max_steps=6, length=3), OverflowAfterDepth(1), 0, config=config, render=render_toy)
+    nodes = tree["nodes"]
+    assert max(n["depth"] for n in nodes) == 1
+    overflowed = [n for n in nodes if n["depth"] == 1 and n["truncated"] and n["terminal"]]
+    assert overflowed and all(n["q"] == tree["settings"]["depth_limit_reward"] < 0 for n in overflowed)
+    assert nodes[0]["N"] == 6

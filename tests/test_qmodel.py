@@ -5,7 +5,6 @@ Everything runs on a tiny random Llama over a tiny ChatML tokenizer built in cod
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import subprocess
@@ -197,19 +196,25 @@ def test_dpo_lora_learns_pairs_and_trl_scores_the_scorer_tokens(tok, tiny_dir, p
 
     config = dpo_config(**{"dpo.lora": True, "dpo.epochs": 3})
     out, trainer = run_dpo(pairs_file, tmp_path / "dpo", config, model_path=tiny_dir, max_steps=6)
-    # trl trained on exactly the ids the scorer scores, with the same mask, and its reference log-probs agree
+    # trl trained on exactly the ids the scorer scores (left-truncated ones included), with the same mask,
+    # and its precomputed reference log-probs equal the scorer's reference log-probs
     rows = list(read_jsonl(pairs_file))
-    batch = trainer.data_collator([trainer.train_dataset[0]])
-    enc = encode(trainer.processing_class, rows[0]["prompt"], [rows[0]["chosen"], rows[0]["rejected"]], 256)
-    for side, e in enumerate(enc):
-        n = len(e.prompt_ids) + len(e.completion_ids)
-        assert batch["input_ids"][side, :n].tolist() == e.prompt_ids + e.completion_ids
-        assert batch["completion_mask"][side, :n].tolist() == [0] * len(e.prompt_ids) + e.completion_mask
-    with trainer.model.disable_adapter():
-        logits = candidate_logits(trainer.model, enc[0].prompt_ids, [e.completion_ids for e in enc])
-    logp = torch.log_softmax(logits, -1)
-    ref_sums = [sum(logp[i, j, t].item() for j, t in enumerate(e.completion_ids)) for i, e in enumerate(enc)]
-    assert ref_sums == pytest.approx([batch["ref_chosen_logps"].item(), batch["ref_rejected_logps"].item()], abs=1e-3)
+    truncated = 0
+    for index, row in enumerate(rows):
+        batch = trainer.data_collator([trainer.train_dataset[index]])
+        enc = encode(trainer.processing_class, row["prompt"], [row["chosen"], row["rejected"]], 256)
+        truncated += enc[0].dropped_messages > 0
+        for side, e in enumerate(enc):
+            n = len(e.prompt_ids) + len(e.completion_ids)
+            assert batch["input_ids"][side, :n].tolist() == e.prompt_ids + e.completion_ids
+            assert batch["completion_mask"][side, :n].tolist() == [0] * len(e.prompt_ids) + e.completion_mask
+        with trainer.model.disable_adapter():
+            logits = candidate_logits(trainer.model, enc[0].prompt_ids, [e.completion_ids for e in enc])
+        logp = torch.log_softmax(logits, -1)
+        ref_sums = [sum(logp[i, j, t].item() for j, t in enumerate(e.completion_ids)) for i, e in enumerate(enc)]
+        expected = [batch["ref_chosen_logps"].item(), batch["ref_rejected_logps"].item()]
+        assert ref_sums == pytest.approx(expected, abs=1e-3)
+    assert truncated == 2
 
     meta = json.loads((out / "qlib_config.json").read_text())
     assert meta["kind"] == "dpo" and meta["dtype"] == "fp32" and meta["beta"] == 0.1 and meta["lora"]
@@ -221,6 +226,7 @@ def test_dpo_lora_learns_pairs_and_trl_scores_the_scorer_tokens(tok, tiny_dir, p
     loaded = load_q_model(out)
     result = preference_accuracy(loaded, pairs_file)
     assert result["accuracy"] == 1.0 and result["n"] == 4 and result["mean_margin"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "metrics.csv", "qlib_config.json", "tokenizer"]
     in_memory = DPOQModel(trainer.model, trainer.processing_class, 0.1, max_length=256)
     messages = rows[1]["prompt"]
     assert loaded.score(messages, CANDIDATES) == pytest.approx(in_memory.score(messages, CANDIDATES), abs=1e-5)
@@ -319,3 +325,21 @@ def test_cli_trains_a_qnet(tiny_dir, tmp_path):
                               "--model", str(tiny_dir), "--set", "qnet.hidden=16"])
     assert cli.run(args) == 0
     assert json.loads((tmp_path / "cli" / "qlib_config.json").read_text())["config"]["qnet"]["hidden"] == 16
+
+
+def test_bench_scoring_runs_on_a_tiny_model(tok):
+    from qlib.qmodel.bench import bench_scoring
+
+    result = bench_scoring(tiny_llama(tok), tok, n_context=150)
+    assert result["context_tokens"] >= 150 and len(result["candidate_tokens"]) == 5
+    assert result["max_abs_diff_vs_naive"] < 1e-4 and result["speedup_vs_naive"] > 0
+
+
+def test_truncation_with_system_message_and_no_instruction_head(tok):
+    from qlib.qmodel.format import droppable_units
+
+    steps = [{"role": "assistant", "content": "Action: Search[a]"}, {"role": "user", "content": "Observation: b"}] * 3
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Question: q?"}, *steps]
+    assert droppable_units(messages) == [(2, 3), (4, 5)]  # (action, observation) steps; the newest one stays
+    plain = [{"role": "user", "content": "Question: q?"}, *steps]
+    assert droppable_units(plain) == [(1, 2), (3, 4)]

@@ -9,6 +9,14 @@ from qlib.envs.base import ActionSpace
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
 
+class ContextOverflowError(ValueError):
+    """The prompt (plus the generation budget) does not fit the policy's context window.
+
+    Search and evaluation treat it like the step limit (as ETO does): the trajectory ends there,
+    with the depth-limit reward in MCTS and reward 0 in evaluation.
+    """
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One sampled assistant turn.

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from qlib.agent.backends import cut_at_stop, make_candidate, sample_seeds
-from qlib.agent.base import Candidate, Message
+from qlib.agent.base import Candidate, ContextOverflowError, Message
 from qlib.agent.grammar import ActionGrammar, GrammarMasker, State, TokenIndex
 from qlib.envs.base import ActionSpace
 
@@ -40,7 +40,7 @@ MAX_SEQS = 16  # sequences decoded together (larger n is sampled in chunks)
 log = logging.getLogger(__name__)
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(ContextOverflowError):
     """The rendered prompt plus the n continuations does not fit in ``n_ctx``."""
 
 

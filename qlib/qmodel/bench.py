@@ -95,8 +95,8 @@ def bench_scoring(model: Any, tokenizer: Any, n_context: int = 1024) -> dict[str
 
 
 def dpo_pairs(tokenizer: Any, total_tokens: int, n: int) -> list[dict[str, Any]]:
-    """``n`` pairs whose prompt + longest completion is about ``total_tokens`` tokens."""
-    prompt = context(tokenizer, total_tokens - 40)
+    """``n`` pairs longer than ``total_tokens`` (cut to it by the encoder's left truncation)."""
+    prompt = context(tokenizer, total_tokens + 100)
     return [{"prompt": prompt, "chosen": [{"role": "assistant", "content": CANDIDATES[i % 5]}],
              "rejected": [{"role": "assistant", "content": CANDIDATES[(i + 1) % 5]}]} for i in range(n)]
 
@@ -123,7 +123,7 @@ def bench_dpo(model_dir: str, tokenizer: Any, total_tokens: int, bf16: bool, ste
     from qlib.qmodel.dpo import build_dataset, longest_pair, make_trainer
 
     config = load_config("cpu", {"dpo.batch_size": 2, "dpo.epochs": 1, "dpo.max_length": total_tokens + 64})
-    dataset = build_dataset(tokenizer, dpo_pairs(tokenizer, total_tokens, 2 * steps), None)
+    dataset = build_dataset(tokenizer, dpo_pairs(tokenizer, total_tokens, 2 * steps), total_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     timer = StepTimer()
     callback = type("Timer", (TrainerCallback,), {"on_step_begin": timer.on_step_begin, "on_step_end": timer.on_step_end})

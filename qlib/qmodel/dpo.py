@@ -7,6 +7,7 @@ are not scored).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
@@ -242,5 +243,7 @@ def run_dpo(
         "steps": trainer.state.global_step, "seed": config.seed, "config": config.to_dict(),
     }
     save_dpo(trainer, tokenizer, out, meta)
+    with contextlib.suppress(OSError):
+        (out / "trainer").rmdir()  # trl's output_dir stays empty (save_strategy="no")
     trainer.model.eval()
     return out, trainer
