@@ -282,7 +282,7 @@ def test_rows_have_the_schema(config, tmp_path):
     rows = run("q", config, SeededPolicy(), n=3, out=out, q_model=TableScorer({}), qmodel_name="runs/q")
     base = {"env", "split", "task_id", "method", "n", "reward", "success", "steps", "truncated",
             "tokens_generated", "prompt_tokens", "q_tokens", "wall_s", "seed", "policy", "prompt",
-            "max_steps", "qmodel", "trajectory"}
+            "max_steps", "qmodel", "trajectory", "context_overflow"}
     assert all(set(r) == base for r in rows)
     assert rows[0]["qmodel"] == "runs/q" and rows[0]["seed"] == config.seed and rows[0]["split"] == "test"
     step_keys = {"thought", "action", "text", "valid", "logprob", "observation", "reward", "done",
