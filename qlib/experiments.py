@@ -46,7 +46,8 @@ def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS
         for split in splits:
             limit = (limits or {}).get(split)
             summary = collect(env_name, split, config=run_config, out_dir=paths.trees(env_name, split, tag), limit=limit)
-            rows.append({"env": env_name, "split": split + tag, **{k: v for k, v in summary.items() if k != "out_dir"}})
+            summary = {k: v for k, v in summary.items() if k != "out_dir"}
+            rows.append({**summary, "env": env_name, "split": split + tag})
     return pd.DataFrame(rows)
 
 
