@@ -224,6 +224,7 @@ def test_dpo_lora_learns_pairs_and_trl_scores_the_scorer_tokens(tok, tiny_dir, p
     assert len(metrics) == 6 and {"loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"} <= set(metrics[0])
 
     loaded = load_q_model(out)
+    assert loaded.path == str(out) and loaded.kind == "dpo"
     result = preference_accuracy(loaded, pairs_file)
     assert result["accuracy"] == 1.0 and result["n"] == 4 and result["mean_margin"] > 0
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "metrics.csv", "qlib_config.json", "tokenizer"]

@@ -42,6 +42,7 @@ def load_q_model(path: str | Path, *, dtype: Any = None, device: str | None = No
     if meta.get("kind") not in loaders:
         raise ValueError(f"{path}: unknown Q model kind {meta.get('kind')!r}")
     model = loaders[meta["kind"]](Path(path), meta, dtype or torch.float32, options)
+    model.path = str(path)
     if device:
         for name in ("policy", "ref", "backbone", "head"):
             if getattr(model, name, None) is not None:

@@ -2,7 +2,7 @@
 
 * scoring n=5 candidates (~30 tokens) after a ~1024-token context: shared-prefix KV cache vs the naive
   per-candidate forward (target ≥ 4.5× faster) and vs one forward of the context through both models
-  (target ≤ 1.2×);
+  (target ≤ 1.2×; the candidates' full-vocabulary logits put the floor near 1.17× for this shape);
 * DPO seconds per pair at 256 and 512 tokens, fp32 and bf16 autocast (LoRA, batch 2, a few steps).
 """
 from __future__ import annotations
@@ -45,8 +45,12 @@ def timed(fns: dict[str, Callable[[], Any]], repeats: int = 3) -> dict[str, floa
 
 
 def context(tokenizer: Any, target: int) -> list[dict[str, str]]:
-    """A ReAct-style chat history of about ``target`` prompt tokens (HotPotQA-like steps)."""
+    """A ReAct-style chat history of ``target`` prompt tokens (give or take one): HotPotQA-like steps, the
+    last observation lengthened word by word to reach the target."""
     from qlib.qmodel.format import encode
+
+    def length(messages: list[dict[str, str]]) -> int:
+        return len(encode(tokenizer, messages, ["x"], None)[0].prompt_ids)
 
     messages = [
         {"role": "user", "content": "Solve a question answering task with interleaving Thought, Action, Observation steps."},
@@ -54,10 +58,16 @@ def context(tokenizer: Any, target: int) -> list[dict[str, str]]:
         {"role": "user", "content": "Question: Were Scott Derrickson and Ed Wood of the same nationality?"},
     ]
     k = 0
-    while len(encode(tokenizer, messages, ["x"], None)[0].prompt_ids) < target:
-        messages += [{"role": "assistant", "content": f"Thought: step {k}, keep reading. Action: Lookup[born {k}]"},
-                     {"role": "user", "content": OBSERVATION}]
+    while True:
+        step = [{"role": "assistant", "content": f"Thought: step {k}, keep reading. Action: Lookup[born {k}]"},
+                {"role": "user", "content": OBSERVATION}]
+        if length(messages + step) > target:
+            break
+        messages += step
         k += 1
+    words = iter((OBSERVATION.split() * 100)[1:])
+    while length(messages) < target:
+        messages[-1] = {**messages[-1], "content": messages[-1]["content"] + " " + next(words)}
     return messages
 
 
@@ -95,8 +105,8 @@ def bench_scoring(model: Any, tokenizer: Any, n_context: int = 1024) -> dict[str
 
 
 def dpo_pairs(tokenizer: Any, total_tokens: int, n: int) -> list[dict[str, Any]]:
-    """``n`` pairs longer than ``total_tokens`` (cut to it by the encoder's left truncation)."""
-    prompt = context(tokenizer, total_tokens + 100)
+    """``n`` pairs of about ``total_tokens`` tokens (prompt + longest completion)."""
+    prompt = context(tokenizer, total_tokens - 36)
     return [{"prompt": prompt, "chosen": [{"role": "assistant", "content": CANDIDATES[i % 5]}],
              "rejected": [{"role": "assistant", "content": CANDIDATES[(i + 1) % 5]}]} for i in range(n)]
 

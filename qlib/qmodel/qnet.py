@@ -71,6 +71,7 @@ class QNetModel:
 
     def __init__(self, backbone: Any, head: ValueHead, tokenizer: Any, *, max_length: int | None = None) -> None:
         self.backbone, self.head, self.tokenizer, self.max_length = backbone.eval(), head.eval(), tokenizer, max_length
+        self.path = ""  # the folder it was loaded from (set by load_q_model)
         self.scored_tokens = 0
         self.calls = 0
 

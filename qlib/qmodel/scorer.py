@@ -111,6 +111,7 @@ class DPOQModel:
             ref.eval()
         self.max_length, self.variant, self.length_normalise, self.max_batch = max_length, variant, length_normalise, max_batch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.path = ""  # the folder it was loaded from (set by load_q_model)
         self.scored_tokens = 0  # tokens run through each model (prompt once per call + all candidate tokens)
         self.calls = 0
 
