@@ -180,7 +180,9 @@ def test_selection_limit_then_shard():
     assert sorted(sum(parts, [])) == tasks
     with pytest.raises(ValueError):
         qcollect.select_tasks(tasks, None, (3, 3))
-    assert qcollect.default_limit(load_config("cpu"), "hotpotqa", "train") == 60
+    cpu = load_config("cpu")
+    assert qcollect.default_limit(cpu, "hotpotqa", "train") == cpu.hotpotqa.train_tasks
+    assert qcollect.default_limit(cpu, "webshop", "valid") == cpu.webshop.valid_tasks
     assert qcollect.default_limit(load_config("cpu"), "toy", "train") is None
 
 
