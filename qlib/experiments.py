@@ -176,8 +176,7 @@ def results_table(rows: list[dict[str, Any]], config: Config, *, baseline: str =
 def iteration_curve(trees_dir: Path, config: Config, ks: Sequence[int]) -> pd.DataFrame:
     """Fig 5b: successful trajectories and step pairs available if MCTS had stopped after k iterations."""
     from qlib.mcts import load_tree, tree_at_iteration
-    from qlib.pairs import _TreeView, step_pairs  # noqa: PLC2701 - same package family
-    from qlib.mcts import resolve_render
+    from qlib.pairs import tree_rows
 
     trees = [load_tree(p) for p in sorted(Path(trees_dir).glob("*.json"))]
     rows = []
@@ -186,8 +185,7 @@ def iteration_curve(trees_dir: Path, config: Config, ks: Sequence[int]) -> pd.Da
         for tree in trees:
             prefix = tree_at_iteration(tree, k)
             successes += sum(1 for n in prefix["nodes"] if n["terminal"] and n["reward"] >= 1.0)
-            view = _TreeView(prefix, "prefix", resolve_render(tree["env"], None), None)
-            pairs += len(step_pairs(view, variant=config.pairs.variant, margin=config.pairs.margin))
+            pairs += len(tree_rows(prefix, "prefix", "step", variant=config.pairs.variant, margin=config.pairs.margin))
         rows.append({"iterations": k, "successful_trajectories": successes, "step_pairs": pairs, "trees": len(trees)})
     return pd.DataFrame(rows)
 

@@ -228,15 +228,22 @@ def build_pairs(
     rows: list[dict[str, Any]] = []
     trees = load_trees(source)
     for path, tree in trees:
-        view = _TreeView(tree, path.name, mcts.resolve_render(tree["env"], render), prompt_variant)
-        if level == "step":
-            rows += step_pairs(view, variant=variant, margin=margin)
-        elif level == "trajectory":
-            rows += trajectory_pairs(view, margin=margin)
-        else:
-            rows += qnet_rows(view, gamma=gamma)
+        rows += tree_rows(tree, path.name, level, variant=variant, margin=margin, gamma=gamma,
+                          render=render, prompt_variant=prompt_variant)
     logger.info("%d %s rows from %d trees", len(rows), level, len(trees))
     return rows
+
+
+def tree_rows(tree: Tree, tree_file: str, level: str, *, variant: str = "paper", margin: float = 0.0,
+              gamma: float = 0.9, render: mcts.Render | None = None,
+              prompt_variant: str | None = None) -> list[dict[str, Any]]:
+    """Rows of ``level`` from one tree dict (e.g. a :func:`qlib.mcts.tree_at_iteration` prefix)."""
+    view = _TreeView(tree, tree_file, mcts.resolve_render(tree["env"], render), prompt_variant)
+    if level == "step":
+        return step_pairs(view, variant=variant, margin=margin)
+    if level == "trajectory":
+        return trajectory_pairs(view, margin=margin)
+    return qnet_rows(view, gamma=gamma)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:

@@ -184,3 +184,17 @@ def test_pairs_cli(tree_dir, tmp_path, capsys):
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert [json.loads(line)["chosen_id"] for line in lines] == [3, 4]
     assert json.loads(capsys.readouterr().out)["rows"] == 2
+
+
+def test_iteration_curve_ends_at_the_full_trees_pairs(tmp_path):
+    from qlib.experiments import iteration_curve
+
+    config = load_config("smoke", {"mcts.iterations": 8, "mcts.n_candidates": 3, "mcts.early_stop": False})
+    env = ToyEnv(max_steps=5, length=3)
+    for task_id in range(3):
+        write_tree(search_task(env, ToyPolicy(), task_id, config=config), tmp_path)
+    curve = iteration_curve(tmp_path, config, [1, 4, 8])
+    full = pairs.build_pairs(tmp_path, "step", config)
+    assert curve.step_pairs.iloc[-1] == len(full)
+    assert list(curve.trees) == [3, 3, 3]
+    assert curve.successful_trajectories.is_monotonic_increasing
