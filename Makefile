@@ -25,7 +25,7 @@ help:
 	@echo "make lab        open the workbook in JupyterLab"
 	@echo "make bench      print benchmark ratios"
 	@echo "make serve      llama.cpp OpenAI-compatible server with the embedded model on 127.0.0.1:$(PORT)"
-	@echo "make clean      remove caches and executed notebooks (keeps .venv and committed results)"
+	@echo "make clean      remove test caches and the smoke run (keeps .venv, runs/cpu and committed results)"
 
 setup: $(STAMP)
 
@@ -81,5 +81,5 @@ serve: setup
 	$(PY) -m qlib.agent.serve --port $(PORT)
 
 clean:
-	rm -rf .pytest_cache .hypothesis results/notebooks/*.ipynb
+	rm -rf .pytest_cache .hypothesis runs/smoke
 	find . -name __pycache__ -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
