@@ -106,9 +106,10 @@ class EvalConfig:
     """Stage 4: acting with the Q-value model and the baselines."""
 
     n_candidates: int = 5
-    methods: list[str] = field(
-        default_factory=lambda: ["greedy", "sampled", "bon", "q", "random_pick", "logprob_pick"]
+    methods: list[str] = field(  # Table 2 methods (notebook 04)
+        default_factory=lambda: ["greedy", "sampled", "bon", "q", "random_pick", "logprob_pick", "qnet"]
     )
+    ablation_tasks: int = 0  # test tasks per ablation run (notebooks 05, 06); 0 = the env's test_tasks
     bootstrap_resamples: int = 10_000
 
 
@@ -152,22 +153,27 @@ class Config:
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     "cpu": {
-        # first sizing from measured costs (WebShop MCTS ≈ 30 s per iteration, n=5, on 2 shared cores);
-        # to be re-calibrated by a full `make reproduce` run (see README, Profiles)
-        "webshop.train_tasks": 16,
-        "webshop.valid_tasks": 4,
-        "webshop.test_tasks": 20,
-        "hotpotqa.train_tasks": 16,
-        "hotpotqa.valid_tasks": 4,
-        "hotpotqa.test_tasks": 20,
+        # sized from measured costs on 2 shared cores so that `make reproduce` fits in about 2 hours:
+        # WebShop ≈ 2.5 s per sampled step and ≈ 9 s per Q-guided step (n=5, 48-token turns),
+        # HotPotQA episodes are mostly 1-3 steps. See README, Profiles.
+        "webshop.max_steps": 6,
+        "webshop.train_tasks": 6,
+        "webshop.valid_tasks": 2,
+        "webshop.test_tasks": 5,
+        "hotpotqa.max_steps": 5,
+        "hotpotqa.train_tasks": 8,
+        "hotpotqa.valid_tasks": 2,
+        "hotpotqa.test_tasks": 8,
         "mcts.iterations": 5,
-        "policy.max_tokens": 64,
-        "dpo.batch_size": 8,
+        "policy.max_tokens": 48,
+        "dpo.batch_size": 4,
         "dpo.learning_rate": 5e-5,
         "dpo.epochs": 2,
-        "dpo.max_length": 768,
+        "dpo.max_length": 512,
         "dpo.lora": True,
         "qnet.epochs": 3,
+        "eval.methods": ["greedy", "sampled", "bon", "q", "random_pick", "qnet"],
+        "eval.ablation_tasks": 3,
         "eval.bootstrap_resamples": 5000,
     },
     "smoke": {

@@ -54,8 +54,8 @@ METHODS = ("greedy", "sampled", "bon", "q", "qnet", "random_pick", "logprob_pick
 SELECTION = ("q", "qnet", "random_pick", "logprob_pick")  # n candidates per step, one picked
 SCORED = ("q", "qnet")  # need a Q model
 SINGLE = ("greedy", "sampled")  # always n = 1
-RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed")
-FINGERPRINT = ("policy", "prompt", "max_steps")  # must match between a file's rows and a resumed run
+RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "temperature")
+FINGERPRINT = ("policy", "max_steps")  # must match between a file's rows and a resumed run
 
 Render = Callable[..., list[Message]]
 History = list[tuple[str, str]]
@@ -127,7 +127,7 @@ def pick(
     pick_seed: int,
 ) -> tuple[int, list[float] | None]:
     """Index of the chosen candidate and the Q scores (``q``/``qnet`` only)."""
-    if method in SCORED:
+    if method in SCORED and len(unique) > 1:  # a single distinct candidate needs no scoring
         assert runner.q_model is not None
         scores = [float(s) for s in runner.q_model.score(messages_q(), [c.text for c in unique])]
         if len(scores) != len(unique):
@@ -379,7 +379,8 @@ def row_meta(env_name: str, split: str, method: str, n: int, config: Config, max
              qmodel: str | None) -> dict[str, Any]:
     """The fields every row of this run starts with (its resume key and configuration fingerprint)."""
     return {"env": env_name, "split": split, "method": method, "n": n, "seed": config.seed,
-            "policy": config.policy.model, "prompt": config.policy.prompt, "max_steps": max_steps,
+            "policy": config.policy.model, "prompt": config.policy.prompt,
+            "temperature": 0.0 if method == "greedy" else config.policy.temperature, "max_steps": max_steps,
             "qmodel": qmodel}
 
 

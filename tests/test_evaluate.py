@@ -282,7 +282,7 @@ def test_rows_have_the_schema(config, tmp_path):
     rows = run("q", config, SeededPolicy(), n=3, out=out, q_model=TableScorer({}), qmodel_name="runs/q")
     base = {"env", "split", "task_id", "method", "n", "reward", "success", "steps", "truncated",
             "tokens_generated", "prompt_tokens", "q_tokens", "wall_s", "seed", "policy", "prompt",
-            "max_steps", "qmodel", "trajectory", "context_overflow"}
+            "max_steps", "qmodel", "trajectory", "context_overflow", "temperature"}
     assert all(set(r) == base for r in rows)
     assert rows[0]["qmodel"] == "runs/q" and rows[0]["seed"] == config.seed and rows[0]["split"] == "test"
     step_keys = {"thought", "action", "text", "valid", "logprob", "observation", "reward", "done",
@@ -318,9 +318,31 @@ def test_resume_skips_finished_episodes_and_a_torn_last_line(config, tmp_path):
 def test_resume_refuses_another_configuration(config, tmp_path):
     out = tmp_path / "eval.jsonl"
     run("sampled", config, SeededPolicy(), out=out, limit=2)
-    config.policy.prompt = "reflection"
-    with pytest.raises(FatalEvalError, match="prompt"):
+    config.policy.model = "another-model"
+    with pytest.raises(FatalEvalError, match="policy"):
         run("sampled", config, SeededPolicy(), out=out, limit=2)
+
+
+def test_prompt_and_temperature_are_part_of_the_row_key(config, tmp_path):
+    out = tmp_path / "eval.jsonl"
+    first = run("sampled", config, SeededPolicy(), out=out, limit=2)
+    config.policy.prompt = "reflection"
+    reflection = run("sampled", config, SeededPolicy(), out=out, limit=2)
+    config.policy.temperature = 0.7
+    cooler = run("sampled", config, SeededPolicy(), out=out, limit=2)
+    assert len(load_results(out)) == 6  # three configurations side by side in one file
+    assert {r["prompt"] for r in first} == {"react"} and {r["prompt"] for r in reflection} == {"reflection"}
+    assert {r["temperature"] for r in cooler} == {0.7}
+    config.policy.prompt = "react"
+    config.policy.temperature = 1.0
+    assert strip(run("sampled", config, SeededPolicy(), out=out, limit=2)) == strip(first)  # reused
+
+
+def test_q_with_one_distinct_candidate_is_not_scored(config, tmp_path):
+    scorer = TableScorer({})
+    rows = run("q", config, SeededPolicy(), n=1, q_model=scorer, limit=2)
+    assert scorer.calls == [] and all(r["q_tokens"] == 0 for r in rows)
+    assert all(s["candidates"][0].get("q") is None for r in rows for s in r["trajectory"])
 
 
 def test_failing_policy_call_is_recorded_not_counted_and_retried(config, tmp_path):
