@@ -43,12 +43,13 @@ $(STAMP):
 test: setup
 	$(PY) -m pytest -q
 
-# Each notebook is a stage: its executed copy is redone when the notebook, the library, the profile or
-# the previous stage is newer. smoke writes under runs/smoke/ so it never touches committed results.
+# Each notebook is a stage, redone when the notebook, the library, the profile or the previous stage is
+# newer. A stage's stamp lives under runs/<profile>/ (not in git), so a fresh clone runs every stage even
+# though executed copies are committed in results/notebooks/. smoke writes under runs/smoke/ only.
 RESULTS_DIR := $(if $(filter smoke,$(PROFILE)),runs/smoke/results,results)
-EXECUTED := $(RESULTS_DIR)/notebooks
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-STAGES := $(patsubst notebooks/%,$(EXECUTED)/%,$(NOTEBOOKS))
+STAMPS := runs/$(PROFILE)/stages
+STAGES := $(patsubst notebooks/%.ipynb,$(STAMPS)/%.done,$(NOTEBOOKS))
 QLIB_SOURCES := $(shell find qlib -type f \( -name '*.py' -o -name '*.json' -o -name '*.txt' \) 2>/dev/null)
 PROFILE_MARK := $(RESULTS_DIR)/.profile
 
@@ -60,8 +61,9 @@ $(PROFILE_MARK): FORCE
 	@[ "$$(cat $@ 2>/dev/null)" = "$(PROFILE)" ] || echo "$(PROFILE)" > $@
 
 define STAGE_RULE
-$(1): $(patsubst $(EXECUTED)/%,notebooks/%,$(1)) $(QLIB_SOURCES) $(PROFILE_MARK) | setup
+$(1): $(patsubst $(STAMPS)/%.done,notebooks/%.ipynb,$(1)) $(QLIB_SOURCES) $(PROFILE_MARK) | setup
 	$(PY) -m qlib.workbook --profile $(PROFILE) --only $(basename $(notdir $(1))) --no-report
+	@mkdir -p $$(@D) && touch $$@
 endef
 $(foreach stage,$(STAGES),$(eval $(call STAGE_RULE,$(stage))))
 # each stage also depends on the one before it
