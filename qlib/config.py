@@ -159,7 +159,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "webshop.max_steps": 6,
         "webshop.train_tasks": 6,
         "webshop.valid_tasks": 2,
-        "webshop.test_tasks": 8,
+        "webshop.test_tasks": 5,
         "hotpotqa.max_steps": 5,
         "hotpotqa.train_tasks": 8,
         "hotpotqa.valid_tasks": 2,
