@@ -163,7 +163,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "hotpotqa.max_steps": 5,
         "hotpotqa.train_tasks": 8,
         "hotpotqa.valid_tasks": 2,
-        "hotpotqa.test_tasks": 8,
+        "hotpotqa.test_tasks": 12,
         "mcts.iterations": 5,
         "policy.max_tokens": 48,
         "dpo.batch_size": 4,

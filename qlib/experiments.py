@@ -153,7 +153,29 @@ def run_methods(config: Config, paths: RunPaths, env_name: str, methods: Sequenc
         result = evaluate(env_name, split, method, config=config, policy=policy, q_model=scorer, n=n,
                           limit=limit, out=out, qmodel_name=label)
         rows += result
-    return rows
+    return add_answer_f1(rows) if env_name == "hotpotqa" else rows
+
+
+def add_answer_f1(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``f1`` (token F1 of the ``finish[...]`` answer, 0 without one) to HotPotQA result rows.
+
+    The reward is exact match (the paper's metric); F1 is a graded view of the same answers, computed
+    from the stored trajectory, so older episode files get it too.
+    """
+    from qlib.envs.hotpotqa import f1_score
+    from qlib.envs.hotpotqa.env import HotPotQAEnv, parse_action
+
+    env = HotPotQAEnv()
+    out = []
+    for row in rows:
+        if row.get("env") != "hotpotqa" or "error" in row:
+            out.append(row)
+            continue
+        last = row["trajectory"][-1] if row.get("trajectory") else {}
+        parsed = parse_action(last.get("action") or "") if last.get("done") else None
+        gold = env.tasks[row["task_id"]].answer
+        out.append({**row, "f1": f1_score(parsed[1], gold)[0] if parsed and parsed[0] == "finish" else 0.0})
+    return out
 
 
 def results_table(rows: list[dict[str, Any]], config: Config, *, baseline: str = "q",
@@ -231,6 +253,39 @@ def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str
                 history.append((step["text"], step["observation"]))
                 taken += 1
     return pd.DataFrame(records)
+
+
+def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, *,
+                             max_actions: int = 200) -> pd.DataFrame:
+    """Learned Q against the MCTS Bellman value ``q_raw`` for the actions of (held-out) tree nodes.
+
+    Siblings share their prompt, so they are scored in one call (one shared-prefix pass).
+    """
+    import json
+
+    if not Path(qnet_rows_file).exists():
+        return pd.DataFrame(columns=["env", "task_id", "depth", "q", "q_mcts"])
+    rows = [json.loads(line) for line in open(qnet_rows_file)][:max_actions]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(json.dumps(row["prompt"]), []).append(row)
+    records = []
+    for siblings in groups.values():
+        scores = q_model.score(siblings[0]["prompt"], [r["completion"][0]["content"] for r in siblings])
+        records += [{"env": env_name, "task_id": r["task_id"], "depth": r["depth"], "q": float(q),
+                     "q_mcts": r["q_raw"]} for r, q in zip(siblings, scores)]
+    return pd.DataFrame(records)
+
+
+def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per env: Spearman correlation of learned Q with the MCTS value (scipy), with its p-value."""
+    from scipy.stats import spearmanr
+
+    lines = []
+    for env, group in frame.groupby("env", sort=False):
+        rho, p = spearmanr(group["q"], group["q_mcts"]) if group["q_mcts"].nunique() > 1 else (float("nan"),) * 2
+        lines.append({"env": env, "actions": len(group), "spearman_rho": float(rho), "p_value": float(p)})
+    return pd.DataFrame(lines, columns=["env", "actions", "spearman_rho", "p_value"])
 
 
 def oracle_ceilings(config: Config, *, split: str = "test") -> pd.DataFrame:

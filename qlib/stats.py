@@ -36,17 +36,22 @@ def mean_ci(
     return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+EXTRA_METRICS = ("f1",)  # optional per-episode metrics, summarised when rows carry them
+
+
 def per_task(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One line per (env, split, method, n, task_id) with mean ``reward`` and ``success`` over replicates."""
+    """One line per (env, split, method, n, task_id): mean ``reward``, ``success`` (and ``f1``) over replicates."""
     results = [r for r in rows if "error" not in r and r.get("reward") is not None]
     if not results:
         return pd.DataFrame(columns=TASK_KEY + ["reward", "success"])
     frame = pd.DataFrame(
-        [{**{k: r.get(k) for k in TASK_KEY}, "reward": float(r["reward"]), "success": float(bool(r["success"]))}
+        [{**{k: r.get(k) for k in TASK_KEY}, "reward": float(r["reward"]), "success": float(bool(r["success"])),
+          **{m: float(r[m]) for m in EXTRA_METRICS if r.get(m) is not None}}
          for r in results]
     )
     frame["split"] = frame["split"].fillna("")
-    return frame.groupby(TASK_KEY, sort=False, as_index=False)[["reward", "success"]].mean()
+    metrics = ["reward", "success"] + [m for m in EXTRA_METRICS if m in frame]
+    return frame.groupby(TASK_KEY, sort=False, as_index=False)[metrics].mean()
 
 
 def summarise(
@@ -54,19 +59,22 @@ def summarise(
 ) -> pd.DataFrame:
     """Per (env, split, method, n): tasks, mean reward and success rate with bootstrap CIs.
 
-    ``oracle`` marks Best-of-N, which selects with the environment's reward.
+    ``oracle`` marks Best-of-N, which selects with the environment's reward. Rows that carry an extra
+    metric (``f1``: HotPotQA answer F1, see :func:`qlib.experiments.add_answer_f1`) add its mean and CI.
     """
     tasks = per_task(rows)
+    extras = [m for m in EXTRA_METRICS if m in tasks]
     lines = []
     for (env, split, method, n), group in tasks.groupby(["env", "split", "method", "n"], sort=False):
         line: dict[str, Any] = {"env": env, "split": split, "method": method, "n": int(n), "tasks": len(group)}
-        for col in ("reward", "success"):
+        for col in ("reward", "success", *extras):
             line[col], line[f"{col}_lo"], line[f"{col}_hi"] = mean_ci(
-                group[col], resamples=resamples, seed=seed, confidence=confidence)
+                group[col].dropna(), resamples=resamples, seed=seed, confidence=confidence)
         line["oracle"] = method in ORACLE_METHODS
         lines.append(line)
     columns = ["env", "split", "method", "n", "tasks", "reward", "reward_lo", "reward_hi",
                "success", "success_lo", "success_hi", "oracle"]
+    columns[-1:-1] = [f"{m}{s}" for m in extras for s in ("", "_lo", "_hi")]
     return pd.DataFrame(lines, columns=columns)
 
 
@@ -115,6 +123,7 @@ def paired_differences(
                           **paired_line(group, base, other, resamples, seed, confidence)})
     columns = ["env", "split", "baseline", "other", "tasks", "reward_diff", "reward_diff_lo",
                "reward_diff_hi", "success_diff", "success_diff_lo", "success_diff_hi"]
+    columns += [f"{m}_diff{s}" for m in EXTRA_METRICS if m in tasks for s in ("", "_lo", "_hi")]
     return pd.DataFrame(lines, columns=columns)
 
 
@@ -124,8 +133,9 @@ def paired_line(group: pd.DataFrame, base: str, other: str, resamples: int, seed
     b = group[group["label"] == other].set_index("task_id")
     common = a.index.intersection(b.index)
     line: dict[str, Any] = {"tasks": len(common)}
-    for col in ("reward", "success"):
+    for col in ("reward", "success", *[m for m in EXTRA_METRICS if m in group]):
         diff = a.loc[common, col].to_numpy() - b.loc[common, col].to_numpy()
+        diff = diff[~np.isnan(diff)]
         line[f"{col}_diff"], line[f"{col}_diff_lo"], line[f"{col}_diff_hi"] = mean_ci(
             diff, resamples=resamples, seed=seed, confidence=confidence)
     return line

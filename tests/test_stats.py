@@ -83,3 +83,17 @@ def test_envs_are_kept_apart_and_table_formats():
     assert list(table["env"]) == ["webshop", "hotpotqa"]
     text = format_table(table)
     assert "1.000 [1.000, 1.000]" in text and "reward_lo" not in text
+
+
+def test_f1_is_summarised_and_paired_only_where_rows_carry_it():
+    hot = [dict(r, f1=f) for r, f in zip(rows_of("q", [0, 0, 1], env="hotpotqa"), [0.5, 0.25, 1.0])]
+    hot += [dict(r, f1=0.0) for r in rows_of("sampled", [0, 0, 0], env="hotpotqa")]
+    rows = hot + rows_of("q", [0.2, 0.4]) + rows_of("sampled", [0.1, 0.1])
+    table = summarise(rows, resamples=300).set_index(["env", "method"])
+    assert table.loc[("hotpotqa", "q"), "f1"] == pytest.approx(1.75 / 3)
+    assert table.loc[("hotpotqa", "sampled"), ["f1", "f1_lo", "f1_hi"]].tolist() == [0.0, 0.0, 0.0]
+    assert math.isnan(table.loc[("webshop", "q"), "f1"])
+    diff = paired_differences(rows, baseline="q", others=["sampled"], resamples=300).set_index("env")
+    assert diff.loc["hotpotqa", "f1_diff"] == pytest.approx(1.75 / 3)
+    assert math.isnan(diff.loc["webshop", "f1_diff"]) and diff.loc["webshop", "reward_diff"] == pytest.approx(0.2)
+    assert "f1" not in summarise(rows_of("q", [1.0]), resamples=100)
