@@ -416,9 +416,12 @@ def test_gold_titles_exist_in_corpus():
 # ------------------------------------------------------------------ protocol, oracle, benchmark
 
 def test_protocol_and_make():
-    env = make("hotpotqa")
+    from qlib.config import load_config
+
+    env = make("hotpotqa")  # the default profile's step limit; the paper's is 7
     assert isinstance(env, Environment) and isinstance(env, HotPotQAEnv)
-    assert env.name == "hotpotqa" and env.max_steps == 7
+    assert env.name == "hotpotqa" and env.max_steps == load_config().hotpotqa.max_steps
+    assert make("hotpotqa", load_config("paper")).max_steps == 7 and make("hotpotqa", max_steps=3).max_steps == 3
     space = env.valid_actions()
     assert space == ActionSpace(verbs={"Search": None, "Lookup": None, "Finish": None})
     assert space.allows("search", "Ed Wood") and not space.allows("think", "x")
