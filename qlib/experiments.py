@@ -37,17 +37,27 @@ def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS,
                   splits: Sequence[str] = ("train", "valid"), tag: str = "",
                   limits: dict[str, int] | None = None, policy_overrides: dict[str, Any] | None = None) -> pd.DataFrame:
-    """MCTS trees for every (env, split); returns one summary row each."""
+    """MCTS trees for every (env, split); returns one summary row each.
+
+    ``done``/``skipped``/``failed`` count this call's tasks (skipped = already on disk); ``trees`` and the
+    cost and reward columns describe every tree in the folder, so a resumed run reports the whole collection.
+    """
     from qlib.collect import collect
 
     run_config = with_overrides(config, policy_overrides or {})
     rows = []
     for env_name in envs:
         for split in splits:
-            limit = (limits or {}).get(split)
-            summary = collect(env_name, split, config=run_config, out_dir=paths.trees(env_name, split, tag), limit=limit)
-            summary = {k: v for k, v in summary.items() if k != "out_dir"}
-            rows.append({**summary, "env": env_name, "split": split + tag})
+            out_dir = paths.trees(env_name, split, tag)
+            summary = collect(env_name, split, config=run_config, out_dir=out_dir, limit=(limits or {}).get(split))
+            trees = tree_stats(out_dir)
+            best = pd.to_numeric(trees["best_reward"], errors="coerce") if len(trees) else pd.Series(dtype=float)
+            rows.append({
+                "env": env_name, "split": split + tag, "tasks": summary["tasks"], "done": summary["done"],
+                "skipped": summary["skipped"], "failed": summary["failed"], "trees": len(trees),
+                **{k: trees[k].sum() if len(trees) else 0 for k in ("llm_calls", "tokens", "seconds")},
+                "mean_best_reward": best.mean(), "success_rate": trees["success"].mean() if len(trees) else float("nan"),
+            })
     return pd.DataFrame(rows)
 
 

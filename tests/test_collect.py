@@ -225,3 +225,22 @@ def test_imports_stay_light():
             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'trl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_collect_trees_summarises_every_tree_on_disk_after_a_resume(tmp_path, monkeypatch):
+    from qlib import experiments as ex
+    from qlib.workbook import RunPaths
+
+    real = qcollect.collect
+
+    def toy_collect(env_name, split, **kwargs):
+        return real(env_name, split, **{**kwargs, "config": config()}, policy=ToyPolicy(), env_factory=make_env)
+
+    monkeypatch.setattr(qcollect, "collect", toy_collect)
+    paths = RunPaths("smoke", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    first = ex.collect_trees(config(), paths, envs=("toy",), splits=("train",), limits={"train": 3}).iloc[0]
+    again = ex.collect_trees(config(), paths, envs=("toy",), splits=("train",), limits={"train": 3}).iloc[0]
+    assert (first.done, first.skipped, first.trees) == (3, 0, 3)
+    assert (again.done, again.skipped, again.trees) == (0, 3, 3)
+    assert first.llm_calls > 0 and again.llm_calls == first.llm_calls and again.seconds == first.seconds
+    assert again.mean_best_reward == first.mean_best_reward and 0.0 <= again.success_rate <= 1.0
