@@ -50,13 +50,14 @@ class ScriptedPolicy:
 
 
 class HashScorer:
-    """A deterministic stand-in Q model: the score of a turn is a hash of the prompt and the turn."""
+    """A deterministic stand-in Q model: the score of a turn is a hash of the latest observation (the
+    last prompt message) and the turn."""
 
     scored_tokens = 0
     path = "hash-scorer"
 
     def score(self, messages, candidates):
-        key = json.dumps(messages, sort_keys=True)
+        key = json.dumps(messages[-1], sort_keys=True)
         return [int(hashlib.sha256((key + c).encode()).hexdigest()[:8], 16) / 2**32 for c in candidates]
 
 
