@@ -418,9 +418,10 @@ def test_gold_titles_exist_in_corpus():
 def test_protocol_and_make():
     from qlib.config import load_config
 
-    env = make("hotpotqa")  # the default profile's step limit; the paper's is 7
+    env = make("hotpotqa")  # built directly: the paper's step limit
     assert isinstance(env, Environment) and isinstance(env, HotPotQAEnv)
-    assert env.name == "hotpotqa" and env.max_steps == load_config().hotpotqa.max_steps
+    assert env.name == "hotpotqa" and env.max_steps == 7
+    assert make("hotpotqa", load_config("smoke")).max_steps == load_config("smoke").env("hotpotqa").max_steps != 7
     assert make("hotpotqa", load_config("paper")).max_steps == 7 and make("hotpotqa", max_steps=3).max_steps == 3
     space = env.valid_actions()
     assert space == ActionSpace(verbs={"Search": None, "Lookup": None, "Finish": None})

@@ -6,9 +6,11 @@ import re
 import pytest
 
 from qlib.agent.parse import parse_turn
-from qlib.agent.prompts import ENV_NAMES, VARIANTS, format_observation, load_prompt, render_messages
+from qlib.envs import env_names
+from qlib.agent.prompts import VARIANTS, format_observation, load_prompt, render_messages
 from qlib.data import iter_jsonl
 
+ENV_NAMES = env_names()
 ALL = [(env, variant) for env in ENV_NAMES for variant in VARIANTS]
 TASKS = {
     "webshop": "WebShop [SEP] Instruction: [SEP] i need a red dress, and price lower than 40.00 dollars [SEP] Search",
@@ -71,7 +73,7 @@ def test_observation_prefixes(env: str) -> None:
 def test_unknown_env_or_variant_raises() -> None:
     with pytest.raises(ValueError, match="react, reflection"):
         load_prompt("hotpotqa", "cot")
-    with pytest.raises(ValueError, match="webshop, hotpotqa"):
+    with pytest.raises(ValueError, match="registered: hotpotqa, webshop"):
         render_messages("alfworld", "x", [])
     with pytest.raises(ValueError, match="react"):
         render_messages("webshop", "x", [], variant="Reflexion")

@@ -284,10 +284,10 @@ def test_step_before_reset_and_env_factory():
     from qlib.config import load_config
     from qlib.envs import Environment, make
 
-    env = make("webshop")  # the default profile's step limit; the paper's is 10
+    env = make("webshop")  # built directly: the paper's step limit
     assert isinstance(env, WebShopEnv) and isinstance(env, Environment)
-    assert env.max_steps == load_config().webshop.max_steps and env.name == "webshop"
-    assert make("webshop", load_config("paper")).max_steps == 10
+    assert env.max_steps == 10 and env.name == "webshop"
+    assert make("webshop", load_config("smoke")).max_steps == load_config("smoke").env("webshop").max_steps != 10
     with pytest.raises(RuntimeError):
         env.step("search[x]")
     assert env.valid_actions() == ActionSpace({})

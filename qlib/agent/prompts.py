@@ -21,14 +21,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Sequence
 
 from qlib.agent.base import Message
+from qlib.envs.registry import get_spec
 
-ENV_NAMES = ("webshop", "hotpotqa")
 VARIANTS = ("react", "reflection")
-OBSERVATION_PREFIX = {"webshop": "Observation:\n", "hotpotqa": "Observation: "}
 INSTRUCTION_FILES = {"react": "instruction.txt", "reflection": "instruction_reflection.txt"}
 ICL_FILES = {"react": "icl_react.json", "reflection": "icl_reflection.json"}
 
@@ -98,15 +96,14 @@ def render_messages(
 
 def format_observation(env_name: str, observation: str) -> str:
     """The user turn of one env observation: ``Observation:\\n<page>`` (WebShop) / ``Observation: <obs>`` (HotPotQA)."""
-    return OBSERVATION_PREFIX[_check(env_name, ENV_NAMES, "env_name")] + observation
+    return get_spec(env_name).observation_prefix + observation
 
 
 @lru_cache(maxsize=None)
 def load_prompt(env_name: str, variant: str = "react") -> PromptSpec:
-    """Instruction text and examples of ``(env_name, variant)`` from the package's ``qlib/prompts/``."""
-    _check(env_name, ENV_NAMES, "env_name")
+    """Instruction text and examples of ``(env_name, variant)`` from the environment's prompt folder."""
+    folder = get_spec(env_name).prompt_dir()
     _check(variant, VARIANTS, "variant")
-    folder = resources.files("qlib") / "prompts" / env_name
     instruction = folder.joinpath(INSTRUCTION_FILES[variant]).read_text(encoding="utf-8").rstrip("\n")
     data = json.loads(folder.joinpath(ICL_FILES[variant]).read_text(encoding="utf-8"))
     examples = tuple(_example(raw) for raw in data["examples"])

@@ -1,30 +1,9 @@
-"""Offline task environments behind one protocol (see :mod:`qlib.envs.base`)."""
+"""Offline task environments behind one protocol (:mod:`qlib.envs.base`) and one registry
+(:mod:`qlib.envs.registry`): ``make("webshop")`` builds an environment with the paper's settings."""
 from __future__ import annotations
 
-from typing import Any
-
 from qlib.envs.base import ActionSpace, Environment, EpisodeOverError, StepResult
+from qlib.envs.registry import EnvSpec, env_names, get_spec, make, register
 
-ENV_NAMES = ("webshop", "hotpotqa")
-
-
-def make(name: str, config: Any = None, **overrides: Any) -> Environment:
-    """Build environment ``name`` (``webshop`` or ``hotpotqa``).
-
-    ``config`` is a :class:`qlib.config.Config` (default: the ``cpu`` profile); ``overrides`` are
-    keyword settings of the environment (for example ``max_steps=5``).
-    """
-    from qlib.config import load_config
-
-    config = config or load_config()
-    kwargs = {"max_steps": config.env(name).max_steps, **overrides}
-    if name == "webshop":
-        from qlib.envs.webshop import WebShopEnv
-
-        return WebShopEnv(**kwargs)
-    from qlib.envs.hotpotqa import HotPotQAEnv
-
-    return HotPotQAEnv(**kwargs)
-
-
-__all__ = ["ActionSpace", "Environment", "EpisodeOverError", "StepResult", "make", "ENV_NAMES"]
+__all__ = ["ActionSpace", "EnvSpec", "Environment", "EpisodeOverError", "StepResult", "env_names", "get_spec",
+           "make", "register"]

@@ -1,22 +1,27 @@
 """Offline HotPotQA ReAct environment (spec ``shared/specs/hotpotqa.md``).
 
+* ``spec`` — the registry entry;
 * :class:`HotPotQAEnv` — the env (``search[...]`` / ``lookup[...]`` / ``finish[...]``; see :mod:`.env`);
 * :mod:`.wiki` — the offline Wikipedia (25,433 intro paragraphs) and its search emulation;
 * :mod:`.tasks` — questions and the seeded split (task id = index into the shuffled pool);
 * :mod:`.metrics` — official ``normalize_answer`` / ``exact_match_score`` / ``f1_score``;
 * :func:`oracle_actions`, :func:`oracle_reward`, :func:`bench_search`.
+
+Names are imported lazily, so reading the registry entry loads no data.
 """
-from __future__ import annotations
+import importlib
 
-from qlib.envs.hotpotqa.bench import bench_search
-from qlib.envs.hotpotqa.env import HotPotQAEnv, HotPotState, parse_action
-from qlib.envs.hotpotqa.metrics import exact_match_score, f1_score, normalize_answer
-from qlib.envs.hotpotqa.oracle import oracle_actions, oracle_reward
-from qlib.envs.hotpotqa.tasks import RESERVE, HotPotTask, load_tasks, split_task_ids
-from qlib.envs.hotpotqa.wiki import SearchResult, WikiCorpus, load_corpus, split_sentences, tokenize
+_EXPORTS = {
+    "bench_search": "bench", "HotPotQAEnv": "env", "HotPotState": "env", "parse_action": "env",
+    "exact_match_score": "metrics", "f1_score": "metrics", "normalize_answer": "metrics",
+    "oracle_actions": "oracle", "oracle_reward": "oracle", "RESERVE": "tasks", "HotPotTask": "tasks",
+    "load_tasks": "tasks", "split_task_ids": "tasks", "SearchResult": "wiki", "WikiCorpus": "wiki",
+    "load_corpus": "wiki", "split_sentences": "wiki", "tokenize": "wiki",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "HotPotQAEnv", "HotPotState", "HotPotTask", "RESERVE", "SearchResult", "WikiCorpus",
-    "bench_search", "exact_match_score", "f1_score", "load_corpus", "load_tasks", "normalize_answer",
-    "oracle_actions", "oracle_reward", "parse_action", "split_sentences", "split_task_ids", "tokenize",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
