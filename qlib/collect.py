@@ -39,10 +39,12 @@ from tqdm.auto import tqdm
 from qlib import mcts
 from qlib.agent.base import Candidate, Message
 from qlib.envs.base import ActionSpace, Environment
+from qlib.envs.registry import env_names
+from qlib.io import append_jsonl, read_jsonl, remove_stale_temp_files
+from qlib.tree import tree_path, write_tree
 
 logger = logging.getLogger(__name__)
 
-ENV_CHOICES = ("webshop", "hotpotqa")
 FAILURES_FILE = "failures.jsonl"
 DEFAULT_RETRIES = 2
 
@@ -78,22 +80,14 @@ class TaskOutcome:
 
 
 def default_env_factory(env_name: str, config: Any) -> Callable[[], Environment]:
-    """``qlib.envs.make(env_name, config)``; the toy env for ``toy``."""
-    if env_name == "toy":
-        from qlib.envs.toy import ToyEnv
-
-        return ToyEnv
+    """``qlib.envs.make(env_name, config)`` (the registry's constructor with the config's step limit)."""
     from qlib.envs import make
 
     return lambda: make(env_name, config)
 
 
 def default_policy(env_name: str, config: Any) -> Any:
-    """``qlib.agent.backends.make_policy(config.policy, env_name)``; a random toy policy for ``toy``."""
-    if env_name == "toy":
-        from qlib.envs.toy import ToyPolicy
-
-        return ToyPolicy()
+    """``qlib.agent.backends.make_policy(config.policy, env_name)``."""
     from qlib.agent.backends import make_policy
 
     return make_policy(config.policy, env_name)
@@ -114,11 +108,9 @@ def select_tasks(
 
 def default_limit(config: Any, env_name: str, split: str) -> int | None:
     """The config's task count of ``split`` (None for envs the config does not know)."""
-    from qlib.config import ConfigError
-
     try:
         return getattr(config.env(env_name), f"{split}_tasks")
-    except ConfigError:
+    except ValueError:
         return None
 
 
@@ -152,12 +144,12 @@ def collect(
     """Collect one MCTS tree per task into ``out_dir``; returns a summary dict (see module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mcts.remove_stale_temp_files(out)
+    remove_stale_temp_files(out)
     make_env = env_factory or default_env_factory(env_name, config)
     first_env = make_env()
     limit = default_limit(config, env_name, split) if limit is None else limit
     tasks = select_tasks(first_env.task_ids(split), limit, shard)
-    pending = [t for t in tasks if not mcts.tree_path(out, env_name, t).exists()]
+    pending = [t for t in tasks if not tree_path(out, env_name, t).exists()]
     skipped = len(tasks) - len(pending)
     workers = max(1, workers or config.mcts.workers)
     logger.info("collect %s/%s: %d tasks, %d done already, %d workers -> %s",
@@ -242,7 +234,7 @@ class _TaskRunner:
     ):
         self.env_name, self.split, self.config, self.out = env_name, split, config, out
         self.policy, self.make_env, self.retries = policy, make_env, max(0, retries)
-        self.render = mcts.resolve_render(env_name, render)
+        self.render = render
         self.local = threading.local()
         self.spare = [first_env]
         self.lock = threading.Lock()
@@ -265,7 +257,7 @@ class _TaskRunner:
                                         env_name=self.env_name, render=self.render,
                                         should_stop=self.stop.is_set)
                 tree["split"] = self.split
-                mcts.write_tree(tree, self.out)
+                write_tree(tree, self.out)
                 outcome.tree, outcome.error = tree, None
                 return outcome
             except Exception as err:  # noqa: BLE001 - any task error is retried, then recorded
@@ -282,46 +274,20 @@ class _TaskRunner:
         }
         logger.error("task %s failed after %d attempts; recorded in %s",
                      outcome.task_id, outcome.attempts, self.out / FAILURES_FILE)
-        with self.lock, open(self.out / FAILURES_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with self.lock:
+            append_jsonl(self.out / FAILURES_FILE, record)
 
 
 def read_failures(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``{out_dir}/failures.jsonl`` (empty if none)."""
     path = Path(out_dir) / FAILURES_FILE
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-# ---------------------------------------------------------------------------------------- bench
-def bench_mcts(n_tasks: int = 2) -> dict[str, Any]:
-    """Trees per hour on WebShop with the embedded model (``llamacpp``) at ``cpu`` profile settings."""
-    import tempfile
-
-    from qlib.config import load_config
-
-    config = load_config("cpu", {"policy.backend": "llamacpp"})
-    with tempfile.TemporaryDirectory(prefix="qlib-bench-mcts-") as out:
-        summary = collect("webshop", "train", config=config, out_dir=out, limit=n_tasks, workers=1)
-    seconds = summary["seconds"] or float("nan")
-    return {
-        "env": "webshop", "profile": "cpu", "backend": "llamacpp", "model": config.policy.model,
-        "n_tasks": summary["done"], "failed": summary["failed"], "seconds": summary["seconds"],
-        "trees_per_hour": summary["trees_per_hour"],
-        "seconds_per_tree": seconds / summary["done"] if summary["done"] else None,
-        "llm_calls": summary["llm_calls"], "tokens": summary["tokens"],
-        "tokens_per_second": summary["tokens"] / seconds if summary["done"] else None,
-        "mean_best_reward": summary["mean_best_reward"],
-        "iterations": config.mcts.iterations, "n_candidates": config.mcts.n_candidates,
-    }
+    return list(read_jsonl(path, tolerant=True)) if path.exists() else []
 
 
 # ---------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``qlib collect`` (``--profile``/``--set`` come from the main CLI)."""
-    parser.add_argument("--env", required=True, choices=ENV_CHOICES, help="environment")
+    parser.add_argument("--env", required=True, choices=env_names(), help="environment")
     parser.add_argument("--split", default="train", choices=("train", "valid", "test"), help="task split")
     parser.add_argument("--limit", type=int, default=None,
                         help="first K tasks of the split (default: the profile's task count)")

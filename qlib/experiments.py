@@ -207,7 +207,7 @@ def results_table(rows: list[dict[str, Any]], config: Config, *, baseline: str =
 # ----------------------------------------------------------------------------- analyses
 def iteration_curve(trees_dir: Path, config: Config, ks: Sequence[int]) -> pd.DataFrame:
     """Fig 5b: successful trajectories and step pairs available if MCTS had stopped after k iterations."""
-    from qlib.mcts import load_tree, tree_at_iteration
+    from qlib.tree import load_tree, tree_at_iteration
     from qlib.pairs import tree_rows
 
     trees = [load_tree(p) for p in sorted(Path(trees_dir).glob("*.json"))]

@@ -44,73 +44,24 @@ rollout nodes are never selected or expanded (a later expansion of the same stat
 candidates, which may repeat the rollout's action as a separate search node). Every terminal
 trajectory is therefore recoverable from the file, and the best path may end in a rollout.
 
-Tree file schema (``{env}_{task_id}.json``, one per task, written atomically)::
-
-    {
-      "schema_version": 1,
-      "env": "webshop", "task_id": 17, "split": "train",     # split: added by qlib.collect
-      "task_observation": "<observation returned by env.reset(task_id)>",
-      "root": 0,
-      "nodes": [                                              # node ids = creation order = list index
-        {"id": 0, "parent": null, "children": [1, 2], "depth": 0,
-         "thought": "", "action": "", "text": "", "observation": "<task observation>",
-         "reward": 0.0, "N": 30, "V": 0.41, "q": null,
-         "terminal": false, "truncated": false, "invalid": false, "parsed": true,
-         "count": 1, "is_rollout": false, "iteration": 0},
-        {"id": 1, "parent": 0, "children": [3, 7], "depth": 1,
-         "thought": "...", "action": "search[red shoes]",     # env-ready action string
-         "text": "Thought: ...\\nAction: search[red shoes]",  # canonical assistant turn
-         "observation": "<raw env observation after the action>",
-         "reward": 0.0,                                       # environment reward of this step
-         "N": 12, "V": 0.55, "q": 0.55,                       # q = Q̂(parent, action) (Eq. 6)
-         "terminal": false, "truncated": false,               # truncated: depth limit hit (terminal)
-         "invalid": false,                                    # env reported an invalid action
-         "parsed": true,                                      # Candidate.valid from the parser
-         "count": 2,                                          # sampled candidates merged here
-         "is_rollout": false, "iteration": 1},                # iteration that created the node
-        ...
-      ],
-      "best_path": [0, 1, 3, 9],     # root → highest-reward terminal node ([] if none)
-      "best_reward": 1.0,            # environment reward of that node (null if none)
-      "stats": {"iterations": 7, "llm_calls": 19, "tokens": 2310, "prompt_tokens": 51200,
-                "seconds": 41.2, "best_reward": 1.0, "seed": 123456789, "early_stopped": true,
-                "n_nodes": 40, "n_rollout_nodes": 12, "n_terminal": 9},
-      "settings": {"iterations": 30, "n_candidates": 5, "eta": 2.0, "temperature": 1.0,
-                   "early_stop": true, "depth_limit_reward": -0.5, "max_depth": 10,
-                   "prompt_variant": "react"},
-      "config": {...}                # Config.to_dict() of the run (null when not given)
-    }
-
-Best terminal node: the terminal node (search or rollout) with the highest evaluation reward ``q``
-(so a finished episode with reward 0 ranks above a truncated one); ties go to the shorter trajectory,
-then to the earlier found node (lower id). Worst terminal node (trajectory-level pairs): lowest
-``q``, ties to the earlier found node. ``stats.seconds`` is the only field that differs between two
-runs with the same seed (see :func:`strip_volatile`).
+The tree it returns, and every query on tree files, is in :mod:`qlib.tree`.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import math
-import os
-import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 from qlib.agent.base import Candidate, ContextOverflowError, Message, Policy
 from qlib.envs.base import Environment
+from qlib.seeding import derive_seed
+from qlib.tree import SCHEMA_VERSION, History, best_terminal, path_ids
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 Render = Callable[..., list[Message]]
-History = list[tuple[str, str]]
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -129,14 +80,14 @@ class SearchSettings:
 
 
 def search_settings(config: Any, env_name: str, env: Environment | None = None) -> SearchSettings:
-    """Settings from a :class:`qlib.config.Config`; envs without a config section (the toy env) use
-    ``env.depth_limit_reward`` (default -1)."""
-    from qlib.config import ConfigError
-
+    """Settings from a :class:`qlib.config.Config`; an environment the config has no section for (a
+    test fixture) takes its registry entry's depth-limit reward."""
     try:
         depth_limit_reward = config.env(env_name).depth_limit_reward
-    except ConfigError:
-        depth_limit_reward = getattr(env, "depth_limit_reward", -1.0)
+    except ValueError:
+        from qlib.envs.registry import get_spec
+
+        depth_limit_reward = get_spec(env_name).settings["depth_limit_reward"]
     m = config.mcts
     return SearchSettings(
         iterations=m.iterations, n_candidates=m.n_candidates, eta=m.eta, temperature=m.temperature,
@@ -145,25 +96,13 @@ def search_settings(config: Any, env_name: str, env: Environment | None = None) 
     )
 
 
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from ``parts`` (independent of PYTHONHASHSEED and platform)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
-
-
 def task_seed(seed: int, env_name: str, task_id: Any) -> int:
     """The seed of one task's search, from ``config.seed``, the env name and the task id."""
     return derive_seed("task", seed, env_name, task_id)
 
 
-def resolve_render(env_name: str, render: Render | None = None) -> Render:
-    """``render`` if given; the toy env's renderer for ``toy``; else ``qlib.agent.prompts.render_messages``."""
-    if render is not None:
-        return render
-    if env_name == "toy":
-        from qlib.envs.toy import render_toy
-
-        return render_toy
+def default_render() -> Render:
+    """The one prompt renderer (:func:`qlib.agent.prompts.render_messages`)."""
     from qlib.agent.prompts import render_messages
 
     return render_messages
@@ -433,137 +372,7 @@ def search_task(
     search = TreeSearch(
         env, policy, env_name=env_name,
         settings=settings or search_settings(config, env_name, env),
-        seed=task_seed(config.seed, env_name, task_id), render=resolve_render(env_name, render),
+        seed=task_seed(config.seed, env_name, task_id), render=render or default_render(),
         should_stop=should_stop,
     )
     return search.run(task_id, config_snapshot=config.to_dict())
-
-
-# ---------------------------------------------------------------------------------------- tree dicts
-def terminal_nodes(nodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [n for n in nodes if n["terminal"] and n["q"] is not None]
-
-
-def best_terminal(nodes: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Highest evaluation reward; ties: fewer steps, then earlier found (see module docstring)."""
-    return min(terminal_nodes(nodes), key=lambda n: (-n["q"], n["depth"], n["id"]), default=None)
-
-
-def worst_terminal(nodes: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Lowest evaluation reward; ties: earlier found."""
-    return min(terminal_nodes(nodes), key=lambda n: (n["q"], n["id"]), default=None)
-
-
-def path_ids(nodes: Sequence[dict[str, Any]], node_id: int) -> list[int]:
-    """Node ids from the root to ``node_id`` (ids are list indices)."""
-    path = [node_id]
-    while nodes[path[-1]]["parent"] is not None:
-        path.append(nodes[path[-1]]["parent"])
-    return path[::-1]
-
-
-def strip_volatile(tree: dict[str, Any]) -> dict[str, Any]:
-    """A copy without wall-clock fields, for comparing trees of two runs."""
-    tree = copy.deepcopy(tree)
-    tree.get("stats", {}).pop("seconds", None)
-    return tree
-
-
-# ---------------------------------------------------------------------------------------- files
-def tree_path(out_dir: str | os.PathLike, env_name: str, task_id: Any) -> Path:
-    return Path(out_dir) / f"{env_name}_{task_id}.json"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_tree(tree: dict[str, Any], out_dir: str | os.PathLike) -> Path:
-    """Write ``tree`` atomically to ``{out_dir}/{env}_{task_id}.json``."""
-    path = tree_path(out_dir, tree["env"], tree["task_id"])
-    return atomic_write_text(path, json.dumps(tree, ensure_ascii=False, indent=1) + "\n")
-
-
-def tree_at_iteration(tree: dict[str, Any], k: int) -> dict[str, Any]:
-    """The tree as it stood after ``k`` iterations: nodes created by then, N/V/q recomputed from the
-    ``backups`` log. Seeds depend only on the call index, so this equals a run with ``iterations=k``
-    (up to early stopping, which the log reproduces)."""
-    keep = [dict(n, N=0, V=0.0) for n in tree["nodes"] if n["iteration"] <= k]
-    kept = {n["id"] for n in keep}
-    by_id = {n["id"]: n for n in keep}
-    for n in keep:
-        n["children"] = [c for c in n["children"] if c in kept]
-    for iteration, leaf, value in tree.get("backups", []):
-        if iteration > k:
-            break
-        node_id = leaf
-        while node_id is not None:
-            node = by_id[node_id]
-            node["N"] += 1
-            node["V"] += (value - node["V"]) / node["N"]
-            node_id = node["parent"]
-    for n in keep:
-        if n["parent"] is not None and not n["terminal"]:
-            n["q"] = n["V"] if n["N"] > 0 else None
-    best = best_terminal(keep)
-    return dict(
-        tree, nodes=keep, backups=[b for b in tree.get("backups", []) if b[0] <= k],
-        best_path=[] if best is None else path_ids(keep, best["id"]),
-        best_reward=None if best is None else best["reward"],
-    )
-
-
-def load_tree(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def iter_tree_files(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Tree files of a folder (``*.json``, sorted) or the given files."""
-    if isinstance(source, (str, os.PathLike)):
-        source = Path(source)
-        if source.is_dir():
-            return sorted(p for p in source.glob("*.json") if not p.name.startswith("."))
-        return [source]
-    return [Path(p) for p in source]
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete temp files left in ``folder`` by writers that no longer run (pid in the name)."""
-    removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
-        match = _TMP_NAME.match(path.name)
-        if match and not _pid_alive(int(match.group("pid"))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    if removed:
-        logger.info("removed %d stale temp files in %s", len(removed), folder)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

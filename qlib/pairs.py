@@ -3,7 +3,7 @@
 Levels (:func:`build_pairs`):
 
 * ``step`` (paper, Fig. 3b): the best terminal node of each tree (highest evaluation reward; ties:
-  fewer steps, then earlier found — :func:`qlib.mcts.best_terminal`) gives a path from the root. At
+  fewer steps, then earlier found — :func:`qlib.trees.best_terminal`) gives a path from the root. At
   each depth ``t`` of that path, the path's action is *chosen*; the *rejected* action is the sibling
   with the lowest ``q`` (= Q̂, Eq. 6; ties to the earlier node). Siblings are all children of the same
   parent, rollout nodes included, that have a Q̂ estimate (terminal, or visited at least once) and
@@ -55,8 +55,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from qlib import mcts
+from qlib import tree as trees
 from qlib.agent.base import Message
+from qlib.agent.prompts import render_conversation, render_messages
+from qlib.io import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -78,31 +80,26 @@ def _assistant(text: str) -> list[Message]:
 class _TreeView:
     """A loaded tree plus the renderer settings used for its prompts."""
 
-    def __init__(self, tree: Tree, tree_file: str, render: mcts.Render, prompt_variant: str | None):
-        self.tree, self.tree_file, self.render = tree, tree_file, render
+    def __init__(self, tree: Tree, tree_file: str, prompt_variant: str | None):
+        self.tree, self.tree_file = tree, tree_file
         self.nodes: list[dict[str, Any]] = tree["nodes"]
         self.variant = prompt_variant or (tree.get("settings") or {}).get("prompt_variant", "react")
 
-    def history(self, path: Sequence[int]) -> mcts.History:
+    def history(self, path: Sequence[int]) -> trees.History:
         """(assistant turn, observation) pairs of ``path[1:]`` (``path[0]`` is the root)."""
         return [(self.nodes[i]["text"], self.nodes[i]["observation"]) for i in path[1:]]
 
     def prompt(self, path: Sequence[int]) -> list[Message]:
         """Q-model prompt at the state reached by ``path``."""
-        return self.render(self.tree["env"], self.tree["task_observation"], self.history(path),
-                           variant=self.variant, icl=False)
+        return render_messages(self.tree["env"], self.tree["task_observation"], self.history(path),
+                               variant=self.variant, icl=False)
 
     def trajectory_messages(self, path: Sequence[int]) -> list[Message]:
         """assistant/user turns of ``path`` after the task prompt, ending with the last assistant turn."""
-        base = self.prompt(path[:1])
-        before_last = self.prompt(path[:-1])
-        if before_last[: len(base)] == base:
-            turns = before_last[len(base):]
-        else:  # a renderer that restructures earlier messages: plain assistant/user turns
-            turns = []
-            for text, observation in self.history(path[:-1]):
-                turns += [{"role": "assistant", "content": text}, {"role": "user", "content": observation}]
-        return turns + _assistant(self.nodes[path[-1]]["text"])
+        conversation = render_conversation(self.tree["env"], self.tree["task_observation"],
+                                           self.history(path[:-1]), self.nodes[path[-1]]["text"],
+                                           variant=self.variant, icl=False)
+        return conversation[len(self.prompt(path[:1])):]
 
     def meta(self) -> dict[str, Any]:
         return {"env": self.tree["env"], "task_id": self.tree["task_id"]}
@@ -114,10 +111,10 @@ def step_pairs(view: _TreeView, *, variant: str = "paper", margin: float = 0.0) 
     if variant not in VARIANTS:
         raise ValueError(f"unknown pairs variant {variant!r}; expected one of {VARIANTS}")
     nodes = view.nodes
-    best = mcts.best_terminal(nodes)
+    best = trees.best_terminal(nodes)
     if best is None:
         return []
-    path = mcts.path_ids(nodes, best["id"])
+    path = trees.path_ids(nodes, best["id"])
     rows = []
     for t in range(len(path) - 1):
         options = [nodes[c] for c in nodes[path[t]]["children"] if nodes[c]["q"] is not None]
@@ -141,10 +138,10 @@ def step_pairs(view: _TreeView, *, variant: str = "paper", margin: float = 0.0) 
 
 def trajectory_pairs(view: _TreeView, *, margin: float = 0.0) -> list[dict[str, Any]]:
     """Best vs worst terminal trajectory of one tree (at most one row)."""
-    best, worst = mcts.best_terminal(view.nodes), mcts.worst_terminal(view.nodes)
+    best, worst = trees.best_terminal(view.nodes), trees.worst_terminal(view.nodes)
     if best is None or worst is None or best["id"] == worst["id"] or not _keep(best["q"], worst["q"], margin):
         return []
-    best_path, worst_path = mcts.path_ids(view.nodes, best["id"]), mcts.path_ids(view.nodes, worst["id"])
+    best_path, worst_path = trees.path_ids(view.nodes, best["id"]), trees.path_ids(view.nodes, worst["id"])
     return [{
         "prompt": view.prompt(best_path[:1]),
         "chosen": view.trajectory_messages(best_path), "rejected": view.trajectory_messages(worst_path),
@@ -180,7 +177,7 @@ def qnet_rows(view: _TreeView, *, gamma: float = 0.9) -> list[dict[str, Any]]:
         raw = q_raw[node["id"]]
         q = (raw - low) / (high - low) if high > low else min(max(raw, 0.0), 1.0)
         rows.append({
-            "prompt": view.prompt(mcts.path_ids(nodes, node["parent"])),
+            "prompt": view.prompt(trees.path_ids(nodes, node["parent"])),
             "completion": _assistant(node["text"]), "q": q, "q_raw": raw,
             **view.meta(), "depth": node["depth"] - 1, "node_id": node["id"],
             "is_rollout": node["is_rollout"], "tree_file": view.tree_file, "level": "qnet",
@@ -189,17 +186,9 @@ def qnet_rows(view: _TreeView, *, gamma: float = 0.9) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------- driver
-def _task_key(task_id: Any) -> tuple[int, Any]:
-    try:
-        return 0, int(task_id)
-    except (TypeError, ValueError):
-        return 1, str(task_id)
-
-
 def load_trees(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[tuple[Path, Tree]]:
     """Tree files of a folder or a list of files, ordered by (env, task id, file name)."""
-    trees = [(path, mcts.load_tree(path)) for path in mcts.iter_tree_files(source)]
-    return sorted(trees, key=lambda item: (item[1]["env"], _task_key(item[1]["task_id"]), item[0].name))
+    return trees.load_trees(source)
 
 
 def build_pairs(
@@ -210,12 +199,10 @@ def build_pairs(
     variant: str | None = None,
     margin: float | None = None,
     gamma: float | None = None,
-    render: mcts.Render | None = None,
     prompt_variant: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``level`` from a tree folder or files; ``variant``/``margin``/``gamma`` default to
-    ``config.pairs`` (``config`` default: the ``cpu`` profile); ``render`` defaults per env
-    (:func:`qlib.mcts.resolve_render`); ``prompt_variant`` defaults to the tree's."""
+    ``config.pairs`` (``config`` default: the ``cpu`` profile); ``prompt_variant`` defaults to the tree's."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
     if config is None:
@@ -226,30 +213,23 @@ def build_pairs(
     margin = config.pairs.margin if margin is None else margin
     gamma = config.pairs.gamma if gamma is None else gamma
     rows: list[dict[str, Any]] = []
-    trees = load_trees(source)
-    for path, tree in trees:
+    loaded = trees.load_trees(source)
+    for path, tree in loaded:
         rows += tree_rows(tree, path.name, level, variant=variant, margin=margin, gamma=gamma,
-                          render=render, prompt_variant=prompt_variant)
-    logger.info("%d %s rows from %d trees", len(rows), level, len(trees))
+                          prompt_variant=prompt_variant)
+    logger.info("%d %s rows from %d trees", len(rows), level, len(loaded))
     return rows
 
 
 def tree_rows(tree: Tree, tree_file: str, level: str, *, variant: str = "paper", margin: float = 0.0,
-              gamma: float = 0.9, render: mcts.Render | None = None,
-              prompt_variant: str | None = None) -> list[dict[str, Any]]:
-    """Rows of ``level`` from one tree dict (e.g. a :func:`qlib.mcts.tree_at_iteration` prefix)."""
-    view = _TreeView(tree, tree_file, mcts.resolve_render(tree["env"], render), prompt_variant)
+              gamma: float = 0.9, prompt_variant: str | None = None) -> list[dict[str, Any]]:
+    """Rows of ``level`` from one tree dict (e.g. a :func:`qlib.tree.tree_at_iteration` prefix)."""
+    view = _TreeView(tree, tree_file, prompt_variant)
     if level == "step":
         return step_pairs(view, variant=variant, margin=margin)
     if level == "trajectory":
         return trajectory_pairs(view, margin=margin)
     return qnet_rows(view, gamma=gamma)
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write ``rows`` as JSON lines, atomically."""
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return mcts.atomic_write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -268,6 +248,6 @@ def run(args: argparse.Namespace) -> int:
     rows = build_pairs(args.trees, level=args.level, config=config)
     out = args.out or os.path.join("runs", "pairs", f"{Path(args.trees).resolve().name}_{args.level}.jsonl")
     path = write_jsonl(rows, out)
-    trees = {row["tree_file"] for row in rows}
-    print(json.dumps({"level": args.level, "rows": len(rows), "trees_with_rows": len(trees), "out": str(path)}, indent=2))
+    with_rows = {row["tree_file"] for row in rows}
+    print(json.dumps({"level": args.level, "rows": len(rows), "trees_with_rows": len(with_rows), "out": str(path)}, indent=2))
     return 0

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from qlib.agent.backends import allowed, cut_at_stop, make_candidate, make_policy, sample_seeds
+from qlib.agent.backends import make_policy
+from qlib.agent.candidates import allowed, cut_at_stop, make_candidate, sample_seeds
 from qlib.config import PolicyConfig
 from qlib.envs.base import ActionSpace
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from qlib.agent.backends import allowed, make_policy
+from qlib.agent.backends import make_policy
+from qlib.agent.candidates import allowed
 from qlib.config import PolicyConfig
 from qlib.envs.base import ActionSpace
-from qlib.models import smollm2_dir
+from qlib.provision import smollm2_dir
 
 WEBSHOP = ActionSpace({"click": ("< Prev", "Next >", "6.76 fl oz (pack of 1)", "Buy Now", "B07XYZ123",
                                  'say "hi"', "café ☕", "Back to Search")})

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from qlib.agent.backends import allowed, make_policy  # noqa: E402
+from qlib.agent.backends import make_policy  # noqa: E402
+from qlib.agent.candidates import allowed  # noqa: E402
 from qlib.config import PolicyConfig  # noqa: E402
 from qlib.envs.base import ActionSpace  # noqa: E402
 
@@ -68,7 +69,7 @@ def test_greedy_matches_llama_cpp_and_logprob_matches_its_scores(pol):
     """Batched decoding reproduces llama-cpp-python's own greedy completion and token logprobs."""
     from llama_cpp import Llama
 
-    from qlib.models import gguf_path
+    from qlib.provision import gguf_path
 
     pol.config.constrain_actions = False
     try:

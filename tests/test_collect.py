@@ -12,8 +12,8 @@ import pytest
 
 from qlib import collect as qcollect
 from qlib.config import load_config
-from qlib.envs.toy import ToyEnv, ToyPolicy
-from qlib.mcts import load_tree, strip_volatile
+from qlib.testing.toy import ToyEnv, ToyPolicy
+from qlib.tree import load_tree, strip_volatile
 
 REPO = Path(__file__).resolve().parent.parent
 OVERRIDES = {"mcts.iterations": 6, "mcts.n_candidates": 3, "mcts.early_stop": False, "seed": 3}
@@ -63,7 +63,7 @@ DYING_SCRIPT = """
 import json, os, sys
 from qlib.collect import collect
 from qlib.config import load_config
-from qlib.envs.toy import ToyEnv, ToyPolicy
+from qlib.testing.toy import ToyEnv, ToyPolicy
 
 out, overrides, die_at, workers = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 

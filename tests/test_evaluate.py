@@ -12,14 +12,9 @@ import pytest
 from qlib.agent.base import Candidate, Policy
 from qlib.config import load_config
 from qlib.envs.base import ActionSpace, Environment, EpisodeOverError, StepResult
-from qlib.evaluate import (
-    FatalEvalError,
-    add_arguments,
-    evaluate,
-    load_results,
-    read_rows,
-    step_seed,
-)
+from qlib.episode_store import load_results, read_rows
+from qlib.episodes import FatalEvalError, step_seed
+from qlib.evaluate import add_arguments, evaluate
 
 ENV = "toy"
 ACTIONS = ("guess[0]", "guess[1]", "guess[2]", "guess[3]", "hint[]", "dance")
@@ -391,7 +386,7 @@ def test_cli_needs_a_q_model_for_q(capsys):
 
 
 def test_all_methods_on_the_shared_toy_env(config):
-    toy = pytest.importorskip("qlib.envs.toy")
+    toy = pytest.importorskip("qlib.testing.toy")
     from qlib.stats import paired_differences, summarise
 
     class OracleScorer:
@@ -400,8 +395,9 @@ def test_all_methods_on_the_shared_toy_env(config):
         scored_tokens = 0
 
         def score(self, messages, candidates):
-            task = int(messages[1]["content"].split()[1].rstrip(":"))
-            position = sum(m["content"].endswith("opened.") for m in messages[2:] if m["role"] == "user")
+            first = next(i for i, m in enumerate(messages) if m["content"].startswith("Task "))
+            task = int(messages[first]["content"].split()[1].rstrip(":"))
+            position = sum(m["content"].endswith("opened.") for m in messages[first:] if m["role"] == "user")
             right = "a" if (task + position) % 2 == 0 else "b"
             self.scored_tokens += len(candidates)
             return [float(c.endswith(f"go[{right}]")) for c in candidates]
@@ -410,7 +406,7 @@ def test_all_methods_on_the_shared_toy_env(config):
     for method in ("greedy", "sampled", "bon", "q", "random_pick"):  # ToyPolicy gives no log-probs
         env = toy.ToyEnv()
         got = evaluate("toy", "test", method, config=config, policy=toy.ToyPolicy(), env=env,
-                       render=toy.render_toy, n=5, q_model=OracleScorer() if method == "q" else None)
+                       n=5, q_model=OracleScorer() if method == "q" else None)
         assert len(got) == len(env.task_ids("test"))
         rows += got
     table = summarise(rows, resamples=200).set_index("method")

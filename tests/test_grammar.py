@@ -76,7 +76,7 @@ def test_gbnf_compiles_in_llama_cpp(space, env):
     pytest.importorskip("llama_cpp")
     from llama_cpp import llama_cpp as C
 
-    from qlib.models import gguf_path
+    from qlib.provision import gguf_path
 
     params = C.llama_model_default_params()
     params.vocab_only = True

@@ -9,22 +9,12 @@ import pytest
 from qlib.agent.base import Candidate
 from qlib.config import load_config
 from qlib.envs.base import Environment
-from qlib.envs.toy import ToyEnv, ToyPolicy, render_toy, toy_candidate
-from qlib.mcts import (
-    Node,
-    SearchSettings,
-    TreeSearch,
-    best_terminal,
-    derive_seed,
-    path_ids,
-    search_task,
-    select_child,
-    strip_volatile,
-    task_seed,
-    uct,
-    worst_terminal,
-    write_tree,
-)
+from qlib.envs.registry import get_spec
+from qlib.agent.prompts import render_messages
+from qlib.testing.toy import ToyEnv, ToyPolicy, toy_candidate
+from qlib.mcts import Node, SearchSettings, TreeSearch, search_task, select_child, task_seed, uct
+from qlib.seeding import derive_seed
+from qlib.tree import best_terminal, path_ids, strip_volatile, worst_terminal, write_tree
 
 NODE_KEYS = {
     "id", "parent", "children", "depth", "thought", "action", "text", "observation", "reward", "N",
@@ -52,7 +42,7 @@ def run_scripted(script, *, iterations, max_steps=4, depth_limit_reward=-0.5, se
     settings = SearchSettings(iterations=iterations, n_candidates=2, eta=2.0, temperature=0.7,
                               early_stop=False, depth_limit_reward=depth_limit_reward)
     search = TreeSearch(ToyEnv(max_steps=max_steps), policy, env_name="toy", settings=settings,
-                        seed=seed, render=render_toy)
+                        seed=seed, render=render_messages)
     return search.run(0), policy
 
 
@@ -92,7 +82,7 @@ def test_hand_computed_backpropagation():
 def test_policy_sees_history_action_space_seed_and_temperature():
     tree, policy = run_scripted([["a", "b"], ["b"], ["c", "c"], ["b", "a"]], iterations=3, seed=5)
     first, rollout = policy.calls[0], policy.calls[1]
-    assert first["messages"] == render_toy("toy", tree["task_observation"], [], icl=True)
+    assert first["messages"] == render_messages("toy", tree["task_observation"], [], icl=True)
     assert first["n"] == 2 and rollout["n"] == 1
     assert rollout["messages"][-2:] == [
         {"role": "assistant", "content": toy_candidate("a").text},
@@ -201,7 +191,7 @@ def test_tree_file_schema(tmp_path):
             "best_reward", "stats", "settings", "config"} <= set(loaded)
     assert all(set(n) == NODE_KEYS for n in loaded["nodes"])
     assert [n["id"] for n in loaded["nodes"]] == list(range(len(loaded["nodes"])))
-    assert loaded["settings"]["depth_limit_reward"] == ToyEnv.depth_limit_reward
+    assert loaded["settings"]["depth_limit_reward"] == get_spec("toy").settings["depth_limit_reward"]
     assert loaded["config"]["mcts"]["iterations"] == 8
     assert {"iterations", "llm_calls", "tokens", "seconds", "best_reward", "seed"} <= set(loaded["stats"])
     best = loaded["nodes"][loaded["best_path"][-1]]
@@ -242,7 +232,7 @@ def test_should_stop_cancels_the_search():
 
 
 def test_tree_at_iteration_equals_a_shorter_run():
-    from qlib.mcts import tree_at_iteration
+    from qlib.tree import tree_at_iteration
 
     long_config = load_config("smoke", {"mcts.iterations": 12, "mcts.n_candidates": 3, "mcts.early_stop": False})
     tree = search_task(ToyEnv(max_steps=5, length=3), ToyPolicy(), 3, config=long_config)
@@ -270,14 +260,14 @@ class OverflowAfterDepth:
     def propose(self, messages, n, **kw):
         from qlib.agent.base import ContextOverflowError
 
-        if sum(m["role"] == "assistant" for m in messages) >= self.depth:
+        if sum(m["role"] == "user" and m["content"].startswith("Observation") for m in messages) >= self.depth:
             raise ContextOverflowError("prompt too long")
         return self.inner.propose(messages, n, **kw)
 
 
 def test_context_overflow_is_a_truncated_terminal_with_the_depth_limit_reward():
     config = load_config("smoke", {"mcts.iterations": 6, "mcts.n_candidates": 3, "mcts.early_stop": False})
-    tree = search_task(ToyEnv(max_steps=6, length=3), OverflowAfterDepth(1), 0, config=config, render=render_toy)
+    tree = search_task(ToyEnv(max_steps=6, length=3), OverflowAfterDepth(1), 0, config=config)
     nodes = tree["nodes"]
     assert max(n["depth"] for n in nodes) == 1
     overflowed = [n for n in nodes if n["depth"] == 1 and n["truncated"] and n["terminal"]]

@@ -16,7 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_server import FaultServer  # noqa: E402
 
-from qlib.agent.backends import allowed, make_policy  # noqa: E402
+from qlib.agent.backends import make_policy  # noqa: E402
+from qlib.agent.candidates import allowed  # noqa: E402
 from qlib.agent.openai_backend import EndpointError  # noqa: E402
 from qlib.config import PolicyConfig  # noqa: E402
 from qlib.envs.base import ActionSpace  # noqa: E402

@@ -8,8 +8,10 @@ import pytest
 
 from qlib import pairs
 from qlib.config import load_config
-from qlib.envs.toy import ToyEnv, ToyPolicy, render_toy
-from qlib.mcts import search_task, write_tree
+from qlib.agent.prompts import render_messages
+from qlib.testing.toy import ToyEnv, ToyPolicy
+from qlib.mcts import search_task
+from qlib.tree import write_tree
 
 TASK = "Task 0: open doors."
 
@@ -57,7 +59,7 @@ def text(i):
 
 
 def prompt(history):
-    return render_toy("toy", TASK, history, icl=False)
+    return render_messages("toy", TASK, history, icl=False)
 
 
 def summary(rows):
@@ -150,7 +152,7 @@ def test_jsonl_loads_with_datasets_and_pandas(tree_dir, tmp_path):
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
         assert len(ds) == n_rows and columns <= set(ds.column_names)
-        assert ds[0]["prompt"][0] == {"role": "system", "content": rows[0]["prompt"][0]["content"]}
+        assert ds[0]["prompt"][0] == {"role": "user", "content": rows[0]["prompt"][0]["content"]}
         frame = pd.read_json(path, lines=True)
         assert len(frame) == n_rows and columns <= set(frame.columns)
         assert frame.iloc[0]["prompt"] == rows[0]["prompt"]

@@ -73,12 +73,12 @@ def test_observation_prefixes(env: str) -> None:
 def test_unknown_env_or_variant_raises() -> None:
     with pytest.raises(ValueError, match="react, reflection"):
         load_prompt("hotpotqa", "cot")
-    with pytest.raises(ValueError, match="registered: hotpotqa, webshop"):
+    with pytest.raises(ValueError, match="registered: hotpotqa, toy, webshop"):
         render_messages("alfworld", "x", [])
     with pytest.raises(ValueError, match="react"):
         render_messages("webshop", "x", [], variant="Reflexion")
-    with pytest.raises(ValueError):
-        format_observation("toy", "x")
+    with pytest.raises(ValueError, match="registered"):
+        format_observation("alfworld", "x")
 
 
 def test_instruction_texts() -> None:

@@ -1,6 +1,6 @@
 """Q-value models: formatting/truncation, the shared-prefix scorer, DPO with trl, QNet, CLI hooks.
 
-Everything runs on a tiny random Llama over a tiny ChatML tokenizer built in code (qlib.qmodel.tiny).
+Everything runs on a tiny random Llama over a tiny ChatML tokenizer built in code (qlib.testing.tiny).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from qlib.config import load_config
 from qlib.qmodel import DPOQModel, load_q_model, preference_accuracy
 from qlib.qmodel.format import encode, read_jsonl
-from qlib.qmodel.tiny import save_tiny, tiny_llama, tiny_tokenizer
+from qlib.testing.tiny import save_tiny, tiny_llama, tiny_tokenizer
 
 INSTRUCTION = "Solve a question answering task with interleaving Thought, Action, Observation steps."
 HEAD = [{"role": "user", "content": INSTRUCTION}, {"role": "assistant", "content": "OK"}]
@@ -329,7 +329,7 @@ def test_cli_trains_a_qnet(tiny_dir, tmp_path):
 
 
 def test_bench_scoring_runs_on_a_tiny_model(tok):
-    from qlib.qmodel.bench import bench_scoring
+    from qlib.bench.qmodel import bench_scoring
 
     result = bench_scoring(tiny_llama(tok), tok, n_context=150)
     assert result["context_tokens"] >= 150 and len(result["candidate_tokens"]) == 5

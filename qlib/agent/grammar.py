@@ -4,8 +4,8 @@ The language of an assistant turn (``with_thought=True``)::
 
     "Thought: " THOUGHT SEP VERB "[" ARG "]"
 
-* ``SEP`` is the env's layout: ``"\\nAction: "`` (WebShop, two lines) or ``" Action: "`` (HotPotQA,
-  one line); the first occurrence of ``SEP`` ends the thought.
+* ``SEP`` is the env's layout (its registry entry's ``action_separator``): ``"\\nAction: "`` (two
+  lines) or ``" Action: "`` (one line); the first occurrence of ``SEP`` ends the thought.
 * ``THOUGHT`` is free text without line breaks (``\\n``, ``\\r``) or square brackets (so no parsable action can hide in it;
   :mod:`qlib.agent.parse` then reads exactly the action the grammar produced). It is not bounded
   here: the backends bound the whole turn by ``max_tokens`` (hf masks by the remaining budget,
@@ -29,10 +29,10 @@ from functools import cached_property
 import numpy as np
 
 from qlib.envs.base import ActionSpace
+from qlib.envs.registry import env_names, get_spec
 
 THOUGHT_PREFIX = "Thought: "
-WEBSHOP_SEP = "\nAction: "
-HOTPOTQA_SEP = " Action: "
+DEFAULT_SEP = "\nAction: "
 MAX_ARG_CHARS = 150
 THOUGHT_EXCLUDED = "\n\r[]"
 ARG_EXCLUDED = "\n\r[]"
@@ -42,13 +42,15 @@ NO = np.iinfo(np.int32).max  # "token not allowed" in distance arrays
 
 
 def separator(env_name: str | None, space: ActionSpace | None = None) -> str:
-    """The thought/action separator of ``env_name`` (None: inferred, capitalised verbs → HotPotQA)."""
-    if env_name == "hotpotqa":
-        return HOTPOTQA_SEP
-    if env_name == "webshop":
-        return WEBSHOP_SEP
-    verbs = list(space.verbs) if space else []
-    return HOTPOTQA_SEP if any(v[:1].isupper() for v in verbs) else WEBSHOP_SEP
+    """The thought/action separator of ``env_name`` (None: that of the first environment whose verbs
+    include all of ``space``'s verbs, else the two-line default)."""
+    if env_name is not None:
+        return get_spec(env_name).action_separator
+    verbs = set(space.verbs) if space else set()
+    for name in env_names(include_testing=True):
+        if verbs and verbs <= set(get_spec(name).verbs):
+            return get_spec(name).action_separator
+    return DEFAULT_SEP
 
 
 def usable_choice(choice: str) -> bool:
@@ -61,7 +63,7 @@ class ActionGrammar:
     """The constrained-turn language of one action space (build with :meth:`from_space`)."""
 
     verbs: tuple[tuple[str, tuple[str, ...] | None], ...]
-    sep: str = WEBSHOP_SEP
+    sep: str = DEFAULT_SEP
     with_thought: bool = True
     max_arg: int = MAX_ARG_CHARS
 

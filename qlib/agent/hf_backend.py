@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from qlib.agent.backends import cut_at_stop, make_candidate, sample_seeds
+from qlib.agent.candidates import cut_at_stop, make_candidate, sample_seeds
 from qlib.agent.base import Candidate, Message
 from qlib.agent.grammar import ActionGrammar, GrammarMasker, State, TokenIndex
 from qlib.envs.base import ActionSpace
@@ -192,7 +192,7 @@ class HFPolicy:
 
 def _load(name: str) -> tuple[Any, Any]:
     """(model, tokenizer) for ``name``: the embedded model, or a local path / cached hub id."""
-    from qlib.models import EMBEDDED_NAME, load_model
+    from qlib.provision import EMBEDDED_NAME, load_model
 
     if name == EMBEDDED_NAME:
         return load_model()

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from qlib.agent.backends import cut_at_stop, make_candidate, sample_seeds
+from qlib.agent.candidates import cut_at_stop, make_candidate, sample_seeds
 from qlib.agent.base import Candidate, ContextOverflowError, Message
 from qlib.agent.grammar import ActionGrammar, GrammarMasker, State, TokenIndex
 from qlib.envs.base import ActionSpace
@@ -285,7 +285,7 @@ def _logsumexp(x: np.ndarray) -> float:
 
 def _model_path(name: str) -> Path:
     """The GGUF of ``name``: the embedded SmolLM2, or a path to a ``.gguf`` file."""
-    from qlib.models import EMBEDDED_NAME, gguf_path
+    from qlib.provision import EMBEDDED_NAME, gguf_path
 
     if name == EMBEDDED_NAME:
         return gguf_path()

@@ -30,7 +30,7 @@ import openai
 from openai import OpenAI
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from qlib.agent.backends import make_candidate, sample_seeds
+from qlib.agent.candidates import make_candidate, sample_seeds
 from qlib.agent.base import Candidate, Message
 from qlib.agent.grammar import ActionGrammar
 from qlib.envs.base import ActionSpace

@@ -20,29 +20,30 @@ Rules (documented here once; the tests in ``tests/test_parse.py`` pin them):
   checked; they do contain parentheses, ``|``, ``&``, ``'``), so every real value survives intact.
   The argument is stripped, and one or more pairs of enclosing quotes/backticks are removed when that
   quote character does not occur inside. Case is kept as written (the WebShop env lower-cases).
-* **Validity**: known verb (case-insensitive; WebShop ``search``/``click``, HotPotQA
-  ``Search``/``Lookup``/``Finish``; ``env_name=None`` accepts the union) and a non-empty argument.
-  WebShop only: an argument containing ``[`` or ``]`` is invalid, because WebShop's grammar (spec §3)
-  cannot carry it (``search[a [b]]`` parses there as the verb ``search[a ``).
+* **Validity**: known verb (case-insensitive; the verbs of the environment's registry entry,
+  :class:`qlib.envs.registry.EnvSpec`; ``env_name=None`` accepts the union over the workbook's
+  environments) and a non-empty argument. An environment whose entry sets
+  ``brackets_in_arguments=False`` (WebShop: its grammar cannot carry them, ``search[a [b]]`` parses
+  there as the verb ``search[a ``) rejects an argument containing ``[`` or ``]``.
 * **Canonical turn** (``ParsedTurn.text``, stored in histories and scored by Q models):
-  WebShop ``Thought: {thought}\\nAction: {verb}[{arg}]``; HotPotQA ``Thought: {thought} Action: {Verb}[{arg}]``
-  (one line, spec hotpotqa §3.4). The thought is the text before the action with ``Assistant:`` /
+  ``Thought: {thought}{SEP}{Verb}[{arg}]`` with the entry's ``action_separator`` as ``SEP``
+  (``"\\nAction: "``, two lines, or ``" Action: "``, one line) and the verb spelled as the entry does. The thought is the text before the action with ``Assistant:`` /
   ``Thought:`` labels and markdown removed and whitespace collapsed to single spaces; any
   ``action:`` inside it loses its colon so that the canonical turn re-parses to the same action.
   An invalid turn keeps the raw action text in the same layout, or just ``Thought: …`` without one.
-* ``env_name=None``: the env is inferred from the verb (``click`` → WebShop, ``Lookup``/``Finish`` →
-  HotPotQA, ``search`` → HotPotQA if written capitalised, else WebShop) and spelled/laid out as that
-  env does; invalid turns use the WebShop (two-line) layout.
+* ``env_name=None``: the env is inferred from the verb — the environment spelling it exactly so, else
+  one whose verb has the same first-letter case, else the first that knows it case-insensitively
+  (so ``click``/``search`` → WebShop, ``Search``/``Lookup``/``Finish`` → HotPotQA) — and spelled/laid
+  out as that env does; invalid turns use the two-line layout.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-ENV_VERBS: dict[str, tuple[str, ...]] = {
-    "webshop": ("search", "click"),
-    "hotpotqa": ("Search", "Lookup", "Finish"),
-}
+from qlib.envs.registry import env_names, get_spec
+
+DEFAULT_SEPARATOR = "\nAction: "
 NO_ACTION = "nothing[]"
 _QUOTES = "\"'`"
 
@@ -70,7 +71,7 @@ class ParsedTurn:
 # ------------------------------------------------------------------ public API
 
 def parse_turn(text: str, env_name: str | None = None) -> ParsedTurn:
-    """Parse one assistant turn for ``env_name`` (``webshop``/``hotpotqa``/None = either).
+    """Parse one assistant turn for ``env_name`` (a registered environment, or None = any).
 
     Never raises for any ``text`` (a non-str gives an invalid turn); only an unknown ``env_name`` is a
     ValueError."""
@@ -101,7 +102,7 @@ def action_line(verb: str, argument: str, env_name: str | None) -> str:
 def canonical_verb(verb: str, env_name: str | None) -> str:
     """``verb`` spelled as ``env_name``'s prompt does (None: inferred from the verb); unknown → as given."""
     env = _check_env(env_name) or _infer_env(verb)
-    for known in ENV_VERBS.get(env or "", ()):
+    for known in get_spec(env).verbs if env else ():
         if known.lower() == verb.lower():
             return known
     return verb
@@ -121,7 +122,8 @@ def split_action(action_text: str, env_name: str | None = None) -> tuple[str, st
     if inner is None or verb.lower() not in _known_verbs(env):
         return None
     argument = _strip_quotes(inner)
-    if not argument or ((env or _infer_env(verb)) == "webshop" and ("[" in argument or "]" in argument)):
+    act_env = env or _infer_env(verb)
+    if not argument or (act_env and not get_spec(act_env).brackets_in_arguments and ("[" in argument or "]" in argument)):
         return None
     return verb, argument
 
@@ -130,8 +132,8 @@ def known_verbs(env_name: str | None) -> tuple[str, ...]:
     """The verbs of ``env_name`` as its prompt spells them (None: the union)."""
     env = _check_env(env_name)
     if env is None:
-        return tuple(dict.fromkeys(v for verbs in ENV_VERBS.values() for v in verbs))
-    return ENV_VERBS[env]
+        return tuple(dict.fromkeys(v for name in env_names() for v in get_spec(name).verbs))
+    return get_spec(env).verbs
 
 
 # ------------------------------------------------------------------ helpers
@@ -139,9 +141,9 @@ def known_verbs(env_name: str | None) -> tuple[str, ...]:
 def _check_env(env_name: str | None) -> str | None:
     if env_name is None:
         return None
-    if isinstance(env_name, str) and env_name.lower() in ENV_VERBS:
+    if isinstance(env_name, str) and env_name.lower() in env_names(include_testing=True):
         return env_name.lower()
-    raise ValueError(f"unknown env_name {env_name!r}; expected one of {', '.join(ENV_VERBS)} or None")
+    raise ValueError(f"unknown env_name {env_name!r}; expected one of {', '.join(env_names())} or None")
 
 
 def _known_verbs(env: str | None) -> set[str]:
@@ -149,13 +151,13 @@ def _known_verbs(env: str | None) -> set[str]:
 
 
 def _infer_env(verb: str) -> str | None:
-    low = verb.lower()
-    if low == "click":
-        return "webshop"
-    if low in ("lookup", "finish"):
-        return "hotpotqa"
-    if low == "search":
-        return "hotpotqa" if verb[:1].isupper() else "webshop"
+    """The environment whose verb this is: exact spelling first, then same first-letter case, then any."""
+    matches = [(name, known) for name in env_names() for known in get_spec(name).verbs
+               if known.lower() == verb.lower()]
+    for same in (lambda k: k == verb, lambda k: k[:1].isupper() == verb[:1].isupper(), lambda k: True):
+        for name, known in matches:
+            if same(known):
+                return name
     return None
 
 
@@ -240,7 +242,7 @@ def _layout(thought: str, action: str | None, env: str | None) -> str:
     head = f"Thought: {thought}" if thought else "Thought:"
     if action is None:
         return head
-    return f"{head} Action: {action}" if env == "hotpotqa" else f"{head}\nAction: {action}"
+    return head + (get_spec(env).action_separator if env else DEFAULT_SEPARATOR) + action
 
 
 def _invalid(thought: str, action_text: str | None, env: str | None) -> ParsedTurn:

@@ -11,7 +11,8 @@ The message list (roles strictly alternating, see ``shared/specs`` webshop §9.1
     ...        ends with a user message, ready for generation
 
 ``icl=False`` (the Q model's prompt) drops exactly the example turns and nothing else, so training
-and scoring prompts are identical by construction. In-context examples are rendered by the same code
+and scoring prompts are identical by construction. :func:`render_conversation` appends the assistant
+turn taken at that state: the form of a whole trajectory for fine-tuning and trajectory-level pairs. In-context examples are rendered by the same code
 as live episodes, so their observations carry the same prefixes (WebShop's first example turn is the
 bare start page, like the live task; the original ETO file prefixes it with ``Observation:``).
 Where every example comes from is documented in ``qlib/prompts/README.md``.
@@ -92,6 +93,24 @@ def render_messages(
         messages.append(_msg("assistant", turn))
         messages.append(_msg("user", format_observation(env_name, observation)))
     return messages
+
+
+def render_conversation(
+    env_name: str,
+    task_observation: str,
+    history: Sequence[tuple[str, str]],
+    final_turn: str,
+    *,
+    variant: str = "react",
+    icl: bool = False,
+) -> list[Message]:
+    """A whole trajectory for training: the prompt of ``history`` plus the assistant turn taken there.
+
+    ``render_conversation(...)[:-1] == render_messages(...)`` for the same arguments, so training
+    conversations, live prompts and Q-model prompts can never drift apart."""
+    return render_messages(env_name, task_observation, history, variant=variant, icl=icl) + [
+        _msg("assistant", final_turn)
+    ]
 
 
 def format_observation(env_name: str, observation: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlib.models import EMBEDDED_NAME
+from qlib.provision import EMBEDDED_NAME
 
 
 class ServerError(RuntimeError):
@@ -90,7 +90,7 @@ def start_server(model: str | Path | None = None, *, host: str = "127.0.0.1", po
                  extra: list[str] | None = None, log_path: str | Path | None = None) -> LlamaServer:
     """Start the server (default: the embedded SmolLM2 GGUF) and wait until ``/v1/models`` answers."""
     if model is None:
-        from qlib.models import gguf_path
+        from qlib.provision import gguf_path
 
         model = gguf_path()
     port = port or free_port(host)

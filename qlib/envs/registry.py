@@ -22,8 +22,8 @@ from importlib import resources
 from importlib.abc import Traversable
 from typing import Any, Callable, Mapping
 
-#: the packages whose ``spec`` module registers a built-in environment (imported on first lookup)
-BUILTIN = ("qlib.envs.webshop.spec", "qlib.envs.hotpotqa.spec")
+#: modules that register a built-in environment (imported on first lookup); the last is the test fixture
+BUILTIN = ("qlib.envs.webshop.spec", "qlib.envs.hotpotqa.spec", "qlib.testing.toy")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class EnvSpec:
     expert: str | None = None  # "module:attr": (env, task_id) -> list of actions reaching the best reward
     oracle_reward: str | None = None  # "module:attr": (split, limit, max_steps) -> mean expert reward
     paper: Mapping[str, Any] = field(default_factory=dict)  # the paper's numbers, by experiment
+    search_bench: str | None = None  # "module:attr": (n_queries=...) -> flat dict of latencies (make bench)
+    search_goal_ms: float | None = None  # p95 search latency goal of that benchmark
     testing: bool = False  # a test fixture: not part of the workbook's experiments
 
     def make(self, **settings: Any) -> Any:
@@ -61,6 +63,9 @@ class EnvSpec:
         if self.oracle_reward is None:
             raise ValueError(f"environment {self.name!r} has no scripted expert")
         return _resolve(self.oracle_reward)(split, limit=limit, max_steps=max_steps)
+
+    def run_search_bench(self, n_queries: int) -> dict[str, Any]:
+        return _resolve(self.search_bench)(n_queries=n_queries)
 
     def row_metrics(self, row: dict[str, Any]) -> dict[str, float]:
         """Metrics of one finished episode row beyond its reward (empty for most environments)."""
@@ -111,10 +116,16 @@ def make(name: str, config: Any = None, **settings: Any) -> Any:
     """Build environment ``name``.
 
     Without ``config`` it has the spec's (the paper's) step limit; with a :class:`qlib.config.Config`
-    it takes that config's ``max_steps`` for the environment; keyword ``settings`` override both.
+    it takes that config's ``max_steps`` for the environment (when the config has a section for it);
+    keyword ``settings`` override both.
     """
     spec = get_spec(name)
-    max_steps = spec.settings["max_steps"] if config is None else config.env(name).max_steps
+    max_steps = spec.settings["max_steps"]
+    if config is not None:
+        try:
+            max_steps = config.env(name).max_steps
+        except ValueError:  # a test fixture the config has no section for: its own default
+            pass
     return spec.make(**{"max_steps": max_steps, **settings})
 
 

@@ -21,7 +21,7 @@ _EXPORTS = {
     "DPOQModel": "qlib.qmodel.scorer",
     "load_q_model": "qlib.qmodel.api",
     "preference_accuracy": "qlib.qmodel.api",
-    "QModel": "qlib.qmodel.api",
+    "QModel": "qlib.qmodel.protocol",
     "encode": "qlib.qmodel.format",
 }
 __all__ = sorted(_EXPORTS)

@@ -3,25 +3,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any
 
 import torch
 
-from qlib.qmodel.format import Message, read_jsonl
+from qlib.io import read_jsonl
+from qlib.qmodel.protocol import QModel
 
 CONFIG_FILE = "qlib_config.json"
-
-
-@runtime_checkable
-class QModel(Protocol):
-    """What evaluation needs: Q of n candidate turns after a chat history."""
-
-    kind: str
-    scored_tokens: int
-
-    def score(self, messages: Sequence[Message], candidates: Sequence[str]) -> list[float]: ...
-
-    def score_completions(self, messages: Sequence[Message], completions: Sequence[Any]) -> list[float]: ...
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

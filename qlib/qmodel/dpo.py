@@ -21,7 +21,8 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from qlib.config import Config
-from qlib.qmodel.format import encode_pair, read_jsonl
+from qlib.io import read_jsonl
+from qlib.qmodel.format import encode_pair
 
 CONFIG_FILE = "qlib_config.json"
 EMBEDDED_BASE = "smollm2-135m"
@@ -45,7 +46,7 @@ def bf16_supported() -> bool:
 def resolve_base(model_path: str | Path | None) -> tuple[str, str]:
     """(name to record, folder to load) of the backbone; ``None`` = the embedded SmolLM2-135M."""
     if model_path is None or str(model_path) == EMBEDDED_BASE:
-        from qlib.models import smollm2_dir
+        from qlib.provision import smollm2_dir
 
         return EMBEDDED_BASE, str(smollm2_dir())
     path = str(Path(model_path).expanduser().resolve())

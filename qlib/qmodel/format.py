@@ -13,12 +13,12 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-Message = dict[str, str]
+from qlib.agent.base import Message
+
 MIN_PROMPT_TOKENS = 16  # kept even when a completion alone exceeds max_length
 
 
@@ -31,14 +31,6 @@ class Encoded:
     completion_mask: list[int]
     dropped_messages: int = 0  # prompt messages removed to fit max_length
     cut_tokens: int = 0  # prompt tokens cut from the left after that
-
-
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
 
 
 def as_messages(completion: str | Sequence[Message]) -> list[Message]:

@@ -34,7 +34,7 @@ class ScriptedPolicy:
         self.env_name = env_name
 
     def propose(self, messages, n, *, temperature=None, action_space=None, seed=None):
-        from qlib.agent.backends import make_candidate
+        from qlib.agent.candidates import make_candidate
 
         rng = random.Random(seed if not temperature else seed)
         words = _WORD.findall(messages[-1]["content"])[:60] or ["nothing"]
@@ -83,7 +83,7 @@ def run(out: Path) -> dict[str, str]:
     """Run the golden pipeline under ``out``; return {artifact name: sha256 of its canonical text}."""
     from qlib.collect import collect
     from qlib.config import load_config
-    from qlib.envs.toy import ToyEnv, ToyPolicy, render_toy
+    from qlib.testing.toy import ToyPolicy
     from qlib.evaluate import evaluate
     from qlib.pairs import build_pairs
 
@@ -103,10 +103,9 @@ def run(out: Path) -> dict[str, str]:
             rows = build_pairs(trees, level, config)
             hashes[f"pairs/{env_name}_{level}"] = _digest(json.dumps(rows, sort_keys=True, ensure_ascii=False))
         episodes = out / "episodes" / f"{env_name}.jsonl"
-        kwargs: dict[str, Any] = {"env": ToyEnv(), "render": render_toy} if toy else {}
         for method in METHODS[:-1] if toy else METHODS:  # the toy policy has no log-probabilities
             evaluate(env_name, "test", method, config=config, policy=policy, limit=2, out=episodes,
-                     q_model=HashScorer() if method == "q" else None, **kwargs)
+                     q_model=HashScorer() if method == "q" else None)
         hashes[f"episodes/{env_name}"] = _digest(_rows_text(episodes))
     return hashes
 

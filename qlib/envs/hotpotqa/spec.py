@@ -29,6 +29,8 @@ SPEC = register(EnvSpec(
     metrics=answer_f1,
     expert="qlib.envs.hotpotqa.oracle:oracle_actions",
     oracle_reward="qlib.envs.hotpotqa.oracle:oracle_reward",
+    search_bench="qlib.envs.hotpotqa.bench:bench_search",
+    search_goal_ms=5.0,
     paper={  # Zhai et al. 2409.09345
         "table2": {"greedy": 0.20, "sampled": 0.20, "bon": 0.34, "q": 0.35},
         "table2_transfer": {"llama-3.1-8b": (0.46, 0.50), "gpt-4o-mini": (0.31, 0.44),

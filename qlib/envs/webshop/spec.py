@@ -13,6 +13,8 @@ SPEC = register(EnvSpec(
     brackets_in_arguments=False,  # search[a [b]] parses as the verb "search[a " (spec §3)
     expert="qlib.envs.webshop.oracle:oracle_actions",
     oracle_reward="qlib.envs.webshop.oracle:oracle_reward",
+    search_bench="qlib.envs.webshop.bench:bench_search",
+    search_goal_ms=3.0,
     paper={  # Zhai et al. 2409.09345: Phi-3-mini-4k-instruct agent, Phi-1.5 Q model
         "table2": {"greedy": 0.30, "sampled": 0.30, "bon": 0.50, "q": 0.61},
         "table2_transfer": {"llama-3.1-8b": (0.48, 0.60), "gpt-4o-mini": (0.49, 0.64),

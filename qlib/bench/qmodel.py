@@ -155,7 +155,7 @@ def bench_qmodel(
     ``threads`` sets ``torch.set_num_threads`` first (on a CPU shared with other jobs, 1 thread avoids
     per-operation synchronisation stalls that penalise small batches).
     """
-    from qlib.models import load_model, smollm2_dir
+    from qlib.provision import load_model, smollm2_dir
     from qlib.qmodel.dpo import bf16_supported
 
     if threads:

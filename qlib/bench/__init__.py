@@ -1,4 +1,8 @@
-"""``python -m qlib bench``: speed goals as printed ratios (the last line is one JSON object)."""
+"""``python -m qlib bench``: speed goals as printed ratios (the last line is one JSON object).
+
+All benchmark code lives in this package, one module per stage: ``envs`` (search latency of every
+registered environment), ``policy`` (constrained decoding, n-vs-1 cost), ``mcts`` (trees per hour),
+``qmodel`` (shared-prefix scoring, DPO seconds per pair)."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +13,10 @@ from typing import Any, Callable
 
 #: benchmark name -> "module:function" returning a flat dict of measurements
 BENCHES: dict[str, str] = {
-    "envs": "qlib.envs.bench:bench_envs",
-    "policy": "qlib.agent.bench:bench_policy",
-    "mcts": "qlib.collect:bench_mcts",
-    "qmodel": "qlib.qmodel.bench:bench_qmodel",
+    "envs": "qlib.bench.envs:bench_envs",
+    "policy": "qlib.bench.policy:bench_policy",
+    "mcts": "qlib.bench.mcts:bench_mcts",
+    "qmodel": "qlib.bench.qmodel:bench_qmodel",
 }
 
 

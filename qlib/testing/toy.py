@@ -14,8 +14,9 @@ path is known: :meth:`ToyEnv.solution`). Per step:
 
 Task ids: train ``0..n_train-1``, valid ``100..``, test ``200..``. The state is an immutable value,
 so it is its own snapshot. :class:`ToyPolicy` (a seeded random policy returning
-:class:`~qlib.agent.base.Candidate` objects) and :func:`render_toy` (a minimal prompt renderer with
-the signature of ``qlib.agent.prompts.render_messages``) complete the kit.
+:class:`~qlib.agent.base.Candidate` objects) completes the kit. The environment registers as ``toy``
+through the same registry entry as WebShop and HotPotQA (prompt files in ``qlib/testing/prompts/``),
+so search, pairs and evaluation run on it with no special case.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from qlib.agent.base import Candidate, Message
 from qlib.envs.base import ActionSpace, EpisodeOverError, StepResult, check_split
+from qlib.envs.registry import EnvSpec, register
 
 LETTERS = ("a", "b", "c")
 ACTION_SPACE = ActionSpace(verbs={"go": LETTERS})
@@ -48,7 +50,6 @@ class ToyEnv:
     """Open ``length`` doors in at most ``max_steps`` steps (see the module docstring)."""
 
     name = "toy"
-    depth_limit_reward = -1.0  # used by MCTS when the config has no section for this env
 
     def __init__(self, max_steps: int = 4, length: int = 2, n_tasks: Sequence[int] = (8, 4, 4)):
         if max_steps < 1 or length < 1:
@@ -150,23 +151,14 @@ class ToyPolicy:
         return [toy_candidate(rng.choices(letters, weights)[0], self.n_tokens) for _ in range(n)]
 
 
-def render_toy(
-    env_name: str,
-    task_observation: str,
-    history: Sequence[tuple[str, str]],
-    *,
-    variant: str = "react",
-    icl: bool = True,
-) -> list[Message]:
-    """Minimal chat rendering: system, task, then assistant turns and ``Observation: ...`` user turns."""
-    system = "Open the doors. Answer with Thought: ... Action: go[letter]."
-    if icl:
-        system += "\nExample: Thought: I try door a.\nAction: go[a]"
-    messages: list[Message] = [
-        {"role": "system", "content": system},
-        {"role": "user", "content": task_observation},
-    ]
-    for text, observation in history:
-        messages.append({"role": "assistant", "content": text})
-        messages.append({"role": "user", "content": f"Observation: {observation}"})
-    return messages
+SPEC = register(EnvSpec(
+    name="toy",
+    factory=ToyEnv,
+    verbs=("go",),
+    action_separator="\nAction: ",
+    observation_prefix="Observation: ",
+    prompt_package="qlib.testing",
+    settings={"max_steps": 4, "depth_limit_reward": -1.0, "train_tasks": 8, "valid_tasks": 4, "test_tasks": 4},
+    expert=lambda env, task_id: env.solution(task_id),
+    testing=True,
+))

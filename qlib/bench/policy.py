@@ -19,10 +19,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from qlib.agent.backends import allowed, make_policy
+from qlib.agent.backends import make_policy
+from qlib.agent.candidates import allowed
 from qlib.agent.prompts import render_messages
+from qlib.envs.registry import env_names
 
-ENVS = ("webshop", "hotpotqa")
 
 
 def _first_steps(env_name: str, n_tasks: int) -> list[tuple[list[dict], Any]]:
@@ -82,7 +83,7 @@ def bench_policy(n_tasks: int = 20, *, n: int = 5, hf_tasks: int = 3, config: An
     results: dict[str, float] = {"n_tasks": n_tasks, "n": n, "max_tokens": base.max_tokens}
     llama = make_policy(replace(base, backend="llamacpp"))
     gen_tokens = gen_seconds = 0.0
-    for env_name in ENVS:
+    for env_name in env_names():
         steps = _first_steps(env_name, n_tasks)
         on = _run(llama, env_name, steps, n, constrain=True, desc=f"{env_name} constrained")
         off = _run(llama, env_name, steps, n, constrain=False, desc=f"{env_name} free")
@@ -99,7 +100,7 @@ def bench_policy(n_tasks: int = 20, *, n: int = 5, hf_tasks: int = 3, config: An
     if hf_tasks:
         hf = make_policy(replace(base, backend="hf"))
         tokens = seconds = 0.0
-        for env_name in ENVS:
+        for env_name in env_names():
             run = _run(hf, env_name, _first_steps(env_name, hf_tasks), n, constrain=True, desc=f"hf {env_name}")
             tokens, seconds = tokens + run["tokens"], seconds + run["seconds"]
             results[f"hf_{env_name}_valid_constrained"] = run["valid"]

@@ -1,0 +1,67 @@
+"""The resumable store of episode rows: one JSONL file, one row per finished episode.
+
+A row is keyed by ``RESULT_KEY`` (env, split, task, method, n, seed, prompt, temperature); a resumed
+run reuses the rows of its key and refuses a file whose rows were produced under another
+configuration (``FINGERPRINT``: policy, step limit, and the Q model for scored methods). Rows are
+appended and fsynced one at a time (:func:`qlib.io.append_jsonl`), so a crash never loses a finished
+episode; an ``error`` row (an episode that raised) is not a result and is retried on the next run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qlib.episodes import SCORED, FatalEvalError
+from qlib.io import append_jsonl, end_with_newline, read_jsonl
+
+RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "temperature")
+FINGERPRINT = ("policy", "max_steps")  # must match between a file's rows and a resumed run
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All parseable rows of ``path`` (results and error rows); an unreadable line is skipped with a warning."""
+    path = Path(path)
+    return list(read_jsonl(path, tolerant=True)) if path.exists() else []
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """The result rows of ``path`` (error rows dropped) — what :func:`qlib.stats.summarise` takes."""
+    return [r for r in read_rows(path) if is_result(r)]
+
+
+def is_result(row: dict[str, Any]) -> bool:
+    return "error" not in row and row.get("reward") is not None
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in RESULT_KEY)
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row and flush it to disk (a crash never loses finished episodes)."""
+    append_jsonl(path, row)
+
+
+def check_fingerprint(done: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Refuse to resume into rows produced by a different policy/prompt/step limit/Q model."""
+    for row in done:
+        keys = FINGERPRINT + (("qmodel",) if row.get("method") in SCORED else ())
+        diff = {k: (row.get(k), meta[k]) for k in keys if row.get(k) != meta[k]}
+        if diff:
+            raise FatalEvalError(f"the output file holds rows of another configuration {diff}; "
+                                 "use another --out")
+
+
+
+
+def resume(out: str | Path | None, meta: dict[str, Any], tasks: list[int]) -> dict[int, dict[str, Any]]:
+    """Finished rows of ``out`` for this run's tasks, keyed by task id (checks the configuration)."""
+    if out is None:
+        return {}
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    end_with_newline(path)
+    wanted = {row_key({**meta, "task_id": t}): t for t in tasks}
+    done = {wanted[row_key(r)]: r for r in load_results(path) if row_key(r) in wanted}
+    check_fingerprint(list(done.values()), meta)
+    return done
