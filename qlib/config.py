@@ -1,155 +1,209 @@
 """One typed configuration for every stage, with three profiles (smoke, cpu, paper).
 
-Values are nested dataclasses; overrides use dotted keys (``"mcts.iterations": 5``) and are
-type-checked, so a typo or a bad value fails loudly with the offending key in the message.
+The config is a tree of pydantic models: :class:`Config` holds one section per stage (``policy``,
+``mcts``, ``pairs``, ``dpo``, ``qnet``, ``eval``) and one :class:`EnvSettings` per environment under
+``envs``, whose defaults (the paper's step limit, depth-limit reward and task counts) come from the
+environment registry (:mod:`qlib.envs.registry`), so a new environment needs no edit here. Every
+setting carries its help text (``Field(description=...)``, listed by :func:`describe`) and its
+constraints, and all validation happens in pydantic: unknown fields are rejected and assignments are
+checked too.
+
+Overrides use dotted keys (``"mcts.iterations": 5``); an environment's settings may be written
+``"<env>.max_steps"`` or ``"envs.<env>.max_steps"``. Values may be CLI strings (``"5"``, ``"true"``,
+``"none"``, ``'["a","b"]'`` or ``a,b`` for lists) and are converted by pydantic's lax mode. A typo, a
+section given as a value or a bad value fails with a :class:`ConfigError` naming the offending key.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+from qlib.envs.registry import env_names, get_spec
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
 
 
 class ConfigError(ValueError):
-    """An unknown key, an unknown profile or a value of the wrong type."""
+    """An unknown key, an unknown profile or a bad value (the message names the dotted key)."""
 
 
-@dataclass
-class EnvSettings:
-    """Per-environment settings."""
+# ----------------------------------------------------------------------------- sections
+class Section(BaseModel):
+    """Base of every config section: unknown fields are errors, assignments are validated, and values
+    written as text (CLI ``--set``, notebooks) are read the way a user means them."""
 
-    max_steps: int
-    depth_limit_reward: float  # MCTS reward when a rollout hits the depth limit without a terminal
-    train_tasks: int  # tasks used for MCTS collection (from the train split)
-    valid_tasks: int  # held-out in-distribution tasks (preference accuracy)
-    test_tasks: int  # tasks reported in the results tables (from the test split)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _read_text(cls, value: Any, info: ValidationInfo) -> Any:
+        hint = cls.model_fields[info.field_name].annotation
+        args = typing.get_args(hint)
+        if isinstance(value, bool) and hint in (int, float):  # lax mode would read True as 1
+            raise PydanticCustomError("bool_for_number", "expected a number, not a boolean")
+        if isinstance(value, str) and type(None) in args and value.strip().lower() in ("none", "null"):
+            return None
+        if isinstance(value, str) and typing.get_origin(hint) is list:
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
-@dataclass
-class PolicyConfig:
+class EnvSettings(Section):
+    """Per-environment settings; the defaults are each environment's registry ``settings``."""
+
+    max_steps: int = Field(ge=1, description="steps before an episode is cut off (the paper's step limit)")
+    depth_limit_reward: float = Field(
+        description="MCTS reward when a rollout hits the depth limit without a terminal"
+    )
+    train_tasks: int = Field(ge=0, description="tasks used for MCTS collection (from the train split)")
+    valid_tasks: int = Field(ge=0, description="held-out in-distribution tasks (preference accuracy)")
+    test_tasks: int = Field(ge=0, description="tasks reported in the results tables (from the test split)")
+
+
+class PolicyConfig(Section):
     """The LLM agent that proposes actions."""
 
-    backend: str = "llamacpp"  # llamacpp | hf | openai
-    model: str = "smollm2-135m"  # embedded model name, or the endpoint's model id
-    base_url: str | None = None  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1
-    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
-    prompt: str = "react"  # react | reflection
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 128
-    stop: list[str] = field(default_factory=lambda: ["Observation", "\nObservation"])
-    constrain_actions: bool = True
-    n_ctx: int = 8192  # SmolLM2-135M was trained with 8k context
-    request_timeout: float = 60.0
-    max_retries: int = 5
-    concurrency: int = 4  # parallel requests when the endpoint ignores `n`
-    n_threads: int = 2
+    backend: Literal["llamacpp", "hf", "openai"] = Field(
+        "llamacpp", description="llamacpp (embedded GGUF) | hf (transformers) | openai (compatible endpoint)"
+    )
+    model: str = Field("smollm2-135m", description="embedded model name, or the endpoint's model id")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1"
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
+    prompt: Literal["react", "reflection"] = Field("react", description="prompt variant: react | reflection")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of proposed turns")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_tokens: int = Field(128, ge=1, description="generated tokens per turn")
+    stop: list[str] = Field(["Observation", "\nObservation"], description="strings that end a generated turn")
+    constrain_actions: bool = Field(True, description="constrain the action to the env's valid actions (grammar)")
+    n_ctx: int = Field(8192, ge=1, description="context window in tokens (SmolLM2-135M was trained with 8k)")
+    request_timeout: float = Field(60.0, gt=0, description="seconds before an endpoint request is abandoned")
+    max_retries: int = Field(5, ge=0, description="retries of a failed endpoint request (with backoff)")
+    concurrency: int = Field(4, ge=1, description="parallel requests when the endpoint ignores `n`")
+    n_threads: int = Field(2, ge=1, description="CPU threads of the embedded model")
 
 
-@dataclass
-class MCTSConfig:
+class MCTSConfig(Section):
     """Paper Algorithm 1 / Table 5."""
 
-    iterations: int = 30  # m
-    n_candidates: int = 5  # n, actions sampled per expansion
-    eta: float = 2.0  # UCT exploration weight
-    temperature: float = 1.0
-    early_stop: bool = True  # stop the search once reward 1 is reached
-    workers: int = 1  # tasks collected concurrently
+    iterations: int = Field(30, ge=1, description="m, search iterations per task")
+    n_candidates: int = Field(5, ge=1, description="n, actions sampled per expansion")
+    eta: float = Field(2.0, ge=0, description="UCT exploration weight")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of expansions")
+    early_stop: bool = Field(True, description="stop the search once reward 1 is reached")
+    workers: int = Field(1, ge=1, description="tasks collected concurrently")
 
 
-@dataclass
-class PairsConfig:
+class PairsConfig(Section):
     """Preference-pair construction."""
 
-    margin: float = 0.0  # skip a pair when the gap Q(chosen) - Q(rejected) is <= 0 or < margin
-    variant: str = "paper"  # paper (path action vs min-Q sibling) | official (max-V vs min-V sibling)
-    gamma: float = 0.9  # Q*Agent Bellman discount
+    margin: float = Field(
+        0.0, ge=0, description="skip a pair when the gap Q(chosen) - Q(rejected) is <= 0 or < margin"
+    )
+    variant: Literal["paper", "official"] = Field(
+        "paper", description="paper (path action vs min-Q sibling) | official (max-V vs min-V sibling)"
+    )
+    gamma: float = Field(0.9, ge=0, le=1, description="Q*Agent Bellman discount")
 
 
-@dataclass
-class DPOConfig:
+class DPOConfig(Section):
     """Step-level DPO training of the Q-value model (paper Table 5)."""
 
-    beta: float = 0.1
-    learning_rate: float = 1e-5
-    warmup_ratio: float = 0.1
-    batch_size: int = 16
-    epochs: int = 3
-    max_length: int = 1024
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    bf16: bool = True
-    max_pairs: int = 0  # 0 = all pairs
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the reference KL)")
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warmup")
+    batch_size: int = Field(16, ge=1, description="pairs per optimiser step")
+    epochs: int = Field(3, ge=1, description="passes over the pairs")
+    max_length: int = Field(1024, ge=1, description="tokens of prompt + turn; longer pairs are truncated")
+    lora: bool = Field(False, description="train a LoRA adapter instead of the full model")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    bf16: bool = Field(True, description="bfloat16 weights and compute where the device supports it")
+    max_pairs: int = Field(0, ge=0, description="pairs used for training; 0 = all pairs")
 
 
-@dataclass
-class QNetConfig:
+class QNetConfig(Section):
     """Q*Agent value head: backbone + MLP (2 x 1024, ReLU) trained with MSE."""
 
-    hidden: int = 1024
-    learning_rate: float = 1e-4
-    epochs: int = 3
-    batch_size: int = 16
-    freeze_backbone: bool = True
+    hidden: int = Field(1024, ge=1, description="width of the two MLP layers")
+    learning_rate: float = Field(1e-4, gt=0, description="learning rate")
+    epochs: int = Field(3, ge=1, description="passes over the rows")
+    batch_size: int = Field(16, ge=1, description="rows per optimiser step")
+    freeze_backbone: bool = Field(True, description="train the head only (the backbone stays fixed)")
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Section):
     """Stage 4: acting with the Q-value model and the baselines."""
 
-    n_candidates: int = 5
-    methods: list[str] = field(  # Table 2 methods (notebook 04)
-        default_factory=lambda: ["greedy", "sampled", "bon", "q", "random_pick", "logprob_pick", "qnet"]
+    n_candidates: int = Field(5, ge=1, description="candidate turns per step for bon, q and the pick baselines")
+    methods: list[str] = Field(
+        ["greedy", "sampled", "bon", "q", "random_pick", "logprob_pick", "qnet"],
+        description="Table 2 methods (notebook 04)",
     )
-    ablation_tasks: int = 0  # test tasks per ablation run (notebooks 05, 06); 0 = the env's test_tasks
-    bootstrap_resamples: int = 10_000
+    ablation_tasks: int = Field(
+        0, ge=0, description="test tasks per ablation run (notebooks 05, 06); 0 = the env's test_tasks"
+    )
+    bootstrap_resamples: int = Field(10_000, ge=1, description="resamples of the bootstrap confidence intervals")
 
 
-@dataclass
-class Config:
-    """Everything a run needs; build with :func:`load_config`."""
+def registered_envs() -> dict[str, EnvSettings]:
+    """One :class:`EnvSettings` per registered environment (test fixtures excluded), with the paper's values."""
+    return {name: EnvSettings(**get_spec(name).settings) for name in env_names()}
 
-    profile: str = "paper"
-    seed: int = 0
-    webshop: EnvSettings = field(
-        default_factory=lambda: EnvSettings(
-            max_steps=10, depth_limit_reward=-0.5, train_tasks=1824, valid_tasks=100, test_tasks=100
-        )
+
+class Config(Section):
+    """Everything a run needs; build with :func:`load_config`.
+
+    ``config.env(name)`` (or the shorthand ``config.<name>``) is environment ``name``'s settings.
+    """
+
+    profile: str = Field("paper", description="the profile this config was built from")
+    seed: int = Field(0, description="seed of search, sampling and training")
+    envs: dict[str, EnvSettings] = Field(
+        default_factory=registered_envs, description="settings of each environment, by registry name"
     )
-    hotpotqa: EnvSettings = field(
-        default_factory=lambda: EnvSettings(
-            max_steps=7, depth_limit_reward=-1.0, train_tasks=1000, valid_tasks=100, test_tasks=100
-        )
-    )
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    mcts: MCTSConfig = field(default_factory=MCTSConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    qnet: QNetConfig = field(default_factory=QNetConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description=PolicyConfig.__doc__)
+    mcts: MCTSConfig = Field(default_factory=MCTSConfig, description=MCTSConfig.__doc__)
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description=PairsConfig.__doc__)
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description=DPOConfig.__doc__)
+    qnet: QNetConfig = Field(default_factory=QNetConfig, description=QNetConfig.__doc__)
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
 
     def env(self, name: str) -> EnvSettings:
-        """The settings of environment ``name`` (``webshop`` or ``hotpotqa``)."""
-        if name not in ("webshop", "hotpotqa"):
-            raise ConfigError(f"unknown environment {name!r}; expected 'webshop' or 'hotpotqa'")
-        return getattr(self, name)
+        """The settings of environment ``name``; a ConfigError naming the known environments otherwise."""
+        try:
+            return self.envs[name]
+        except (KeyError, TypeError):
+            raise ConfigError(f"unknown environment {name!r}; expected one of {', '.join(self.envs)}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        # ``config.<env>`` is ``config.envs[<env>]``; everything else is pydantic's own lookup
+        envs = self.__dict__.get("envs")
+        if envs is not None and name in envs:
+            return envs[name]
+        return super().__getattr__(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain nested dicts and lists (JSON-serialisable); environments under ``"envs"``."""
+        return self.model_dump(mode="json")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-# Profiles are overrides on top of the paper's settings (the dataclass defaults).
+# ----------------------------------------------------------------------------- profiles
+# Profiles are overrides on top of the paper's settings (the model defaults).
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     "cpu": {
@@ -200,103 +254,68 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# ----------------------------------------------------------------------------- building a config
 def load_config(profile: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Build the config of ``profile`` (default ``cpu``) and apply dotted-key ``overrides``."""
     name = profile or DEFAULT_PROFILE
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
-    config = Config(profile=name)
-    for key, value in {**PROFILES[name], **dict(overrides or {})}.items():
-        set_value(config, key, value)
-    return config
+    return with_overrides(Config(profile=name), {**PROFILES[name], **dict(overrides or {})})
 
 
-def set_value(config: Config, key: str, value: Any) -> None:
-    """Set dotted ``key`` on ``config`` after checking it exists and coercing ``value`` to its type."""
-    target: Any = config
-    parts = key.split(".")
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """A new, validated copy of ``config`` with dotted-key ``overrides`` applied (``config`` is unchanged)."""
+    data = config.to_dict()
+    spelled: dict[tuple[str, ...], str] = {}  # path in ``data`` -> the key as the user wrote it
+    for key, value in overrides.items():
+        path = resolve_key(data, key)
+        spelled[path] = key
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(explain(err, spelled)) from None
+
+
+def resolve_key(data: dict[str, Any], key: str) -> tuple[str, ...]:
+    """The path of dotted ``key`` in ``data`` (a :meth:`Config.to_dict`); ``<env>.x`` means ``envs.<env>.x``."""
+    parts = tuple(key.split("."))
+    if parts[0] not in data and parts[0] in data["envs"]:
+        parts = ("envs", *parts)
+    node: Any = data
     for depth, part in enumerate(parts):
-        known = {f.name: f for f in fields(target)} if is_dataclass(target) else {}
-        if part not in known:
+        if part not in node:
             where = ".".join(parts[:depth]) or "config"
+            known = sorted(node) if depth else sorted(set(node) | set(data["envs"]))
             raise ConfigError(
-                f"unknown config key {key!r}: {where} has no field {part!r} "
-                f"(known: {', '.join(sorted(known))})"
+                f"unknown config key {key!r}: {where} has no field {part!r} (known: {', '.join(known)})"
             )
-        if depth == len(parts) - 1:
-            if is_dataclass(getattr(target, part)):
-                raise ConfigError(f"config key {key!r} is a section; set one of its fields instead")
-            hint = typing.get_type_hints(type(target))[part]
-            setattr(target, part, coerce(key, value, hint))
-        else:
-            target = getattr(target, part)
+        node = node[part]
+        if isinstance(node, dict) and depth == len(parts) - 1:
+            raise ConfigError(f"config key {key!r} is a section; set one of its fields instead")
+        if not isinstance(node, dict) and depth < len(parts) - 1:
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+    return parts
 
 
-def coerce(key: str, value: Any, hint: Any) -> Any:
-    """Convert ``value`` (possibly a CLI string) to ``hint`` or raise a ConfigError naming ``key``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return coerce(key, value, option)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"config key {key!r}: bad value {value!r}")
-    if origin is list:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
-        return [coerce(key, v, args[0] if args else Any) for v in value]
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
-    raise ConfigError(f"config key {key!r} has an unsupported type {hint!r}")
+def explain(err: ValidationError, spelled: Mapping[tuple[str, ...], str]) -> str:
+    """pydantic's errors as one message per bad value, each naming the dotted key the user wrote."""
+    lines = []
+    for error in err.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        prefix = next((loc[:n] for n in range(len(loc), 0, -1) if loc[:n] in spelled), None)
+        key = spelled[prefix] if prefix else ".".join(loc)
+        item = "".join(f", item {part}" for part in loc[len(prefix or loc):])  # an element of a list
+        message = error["msg"][:1].lower() + error["msg"][1:]
+        lines.append(f"config key {key!r}{item}: {message} (got {error['input']!r})")
+    return "; ".join(lines)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:
-    """Parse CLI ``key=value`` items into a dict (values stay strings; :func:`coerce` types them)."""
+    """Parse CLI ``key=value`` items into a dict (values stay strings; validation types them)."""
     result: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:
@@ -306,15 +325,43 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
     return result
 
 
+# ----------------------------------------------------------------------------- help
+def describe(config: Config | None = None) -> list[tuple[str, str, Any, str]]:
+    """``(dotted key, type, value, help)`` of every setting, in declaration order.
+
+    Values are those of ``config`` (default: the paper's settings); environment keys are written the
+    short way (``<env>.max_steps``), as profiles and ``--set`` write them.
+    """
+    config = config or Config()
+    rows: list[tuple[str, str, Any, str]] = []
+
+    def walk(section: BaseModel, prefix: str) -> None:
+        for name, info in type(section).model_fields.items():
+            value = getattr(section, name)
+            if isinstance(value, BaseModel):
+                walk(value, f"{prefix}{name}.")
+            elif isinstance(value, dict):  # envs
+                for env_name, settings in value.items():
+                    walk(settings, f"{prefix}{env_name}.")
+            else:
+                rows.append((prefix + name, type_name(info), value, info.description or ""))
+
+    walk(config, "")
+    return rows
+
+
+def type_name(info: FieldInfo) -> str:
+    """A field's type and bounds as help text, e.g. ``int (>= 1)`` or ``paper | official``."""
+    hint = info.annotation
+    if typing.get_origin(hint) is Literal:
+        name = " | ".join(str(arg) for arg in typing.get_args(hint))
+    else:
+        name = hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint)
+    symbols = {Ge: ("ge", ">="), Gt: ("gt", ">"), Le: ("le", "<="), Lt: ("lt", "<")}
+    bounds = [f"{symbols[type(m)][1]} {getattr(m, symbols[type(m)][0])}" for m in info.metadata if type(m) in symbols]
+    return f"{name} ({', '.join(bounds)})" if bounds else name
+
+
 def flat_keys(config: Config | None = None) -> list[str]:
     """All dotted keys of the config (for help texts and notebooks)."""
-    def walk(obj: Any, prefix: str) -> list[str]:
-        keys: list[str] = []
-        for f in fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                keys += walk(value, f"{prefix}{f.name}.")
-            else:
-                keys.append(prefix + f.name)
-        return keys
-    return walk(config or Config(), "")
+    return [key for key, *_ in describe(config)]

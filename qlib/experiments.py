@@ -24,13 +24,10 @@ PAIR_LEVELS = ("step", "trajectory", "qnet")
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """A copy of ``config`` with dotted-key ``overrides`` applied (type-checked)."""
-    from qlib.config import set_value
+    """A copy of ``config`` with dotted-key ``overrides`` applied (validated; :func:`qlib.config.with_overrides`)."""
+    from qlib.config import with_overrides as apply
 
-    fresh = copy.deepcopy(config)
-    for key, value in overrides.items():
-        set_value(fresh, key, value)
-    return fresh
+    return apply(config, overrides)
 
 
 # ----------------------------------------------------------------------------- stage 1: trees

@@ -12,8 +12,10 @@ from qlib.envs.base import ActionSpace
 
 
 def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="'llamacpp', 'hf' or 'openai'"):
+        PolicyConfig(backend="vllm")  # the config refuses it first
     with pytest.raises(ValueError, match="unknown policy backend 'vllm'.*llamacpp, hf, openai"):
-        make_policy(PolicyConfig(backend="vllm"))
+        make_policy(PolicyConfig.model_construct(backend="vllm"))  # an unvalidated config: the factory's guard
 
 
 def test_openai_backend_needs_a_base_url():

@@ -14,7 +14,6 @@ first ``n_tasks`` WebShop and HotPotQA test tasks and returns a flat dict:
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 from tqdm import tqdm
@@ -78,10 +77,10 @@ def bench_policy(n_tasks: int = 20, *, n: int = 5, hf_tasks: int = 3, config: An
     """Run the benchmark (see module doc) and return a flat dict of numbers."""
     from qlib.config import load_config
 
-    base = replace((config or load_config()).policy, temperature=1.0)
+    base = (config or load_config()).policy.model_copy(update={"temperature": 1.0})
     say = print if progress else (lambda *a, **k: None)
     results: dict[str, float] = {"n_tasks": n_tasks, "n": n, "max_tokens": base.max_tokens}
-    llama = make_policy(replace(base, backend="llamacpp"))
+    llama = make_policy(base.model_copy(update={"backend": "llamacpp"}))
     gen_tokens = gen_seconds = 0.0
     for env_name in env_names():
         steps = _first_steps(env_name, n_tasks)
@@ -98,7 +97,7 @@ def bench_policy(n_tasks: int = 20, *, n: int = 5, hf_tasks: int = 3, config: An
     results["llamacpp_tokens_per_s"] = gen_tokens / max(gen_seconds, 1e-9)
     say(f"[policy] llamacpp: {results['llamacpp_tokens_per_s']:.1f} generated tokens/s (n={n}, constrained)")
     if hf_tasks:
-        hf = make_policy(replace(base, backend="hf"))
+        hf = make_policy(base.model_copy(update={"backend": "hf"}))
         tokens = seconds = 0.0
         for env_name in env_names():
             run = _run(hf, env_name, _first_steps(env_name, hf_tasks), n, constrain=True, desc=f"hf {env_name}")
