@@ -103,6 +103,14 @@ class MCTSConfig(Section):
     temperature: float = Field(1.0, ge=0, description="sampling temperature of expansions")
     early_stop: bool = Field(True, description="stop the search once reward 1 is reached")
     workers: int = Field(1, ge=1, description="tasks collected concurrently")
+    backup_expansion_terminals: bool = Field(
+        True, description="back up, once, every terminal child an expansion reaches besides the rolled-out one "
+        "(a success found while expanding counts in V along its path); false = the official code: only the "
+        "rollout is backed up")
+    select_terminals: bool = Field(
+        False, description="let UCT re-select terminal children (an iteration then only re-scores a known "
+        "outcome, no expansion); false = paper: selection skips terminal and exhausted subtrees, so m "
+        "iterations are m expansions unless the tree is exhausted")
 
 
 class PairsConfig(Section):
@@ -115,6 +123,13 @@ class PairsConfig(Section):
         "paper", description="paper (path action vs min-Q sibling) | official (max-V vs min-V sibling)"
     )
     gamma: float = Field(0.9, ge=0, le=1, description="Q*Agent Bellman discount")
+    from_unsuccessful_trees: bool = Field(
+        False, description="also build step/trajectory pairs from trees whose best terminal has no positive "
+        "reward (a weak agent's only data: 'finished' vs 'hit the step limit'); false = paper: pairs only from "
+        "searches that found a positive reward")
+    rollout_best_path: bool = Field(
+        False, description="let the best path run into rollout nodes (the chosen action's Q is then one "
+        "sample); false = paper/official: the best path is the tree-node prefix of the path to the best terminal")
 
 
 class DPOConfig(Section):
@@ -123,9 +138,13 @@ class DPOConfig(Section):
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the reference KL)")
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warmup")
+    lr_scheduler: Literal["constant_with_warmup", "linear", "cosine"] = Field(
+        "constant_with_warmup", description="learning-rate schedule after warm-up (transformers name); the "
+        "official scripts keep it constant")
     batch_size: int = Field(16, ge=1, description="pairs per optimiser step")
-    epochs: int = Field(3, ge=1, description="passes over the pairs")
-    max_length: int = Field(1024, ge=1, description="tokens of prompt + turn; longer pairs are truncated")
+    epochs: int = Field(1, ge=1, description="passes over the pairs (paper Fig. 5a: one epoch)")
+    max_length: int = Field(4096, ge=1, description="tokens of prompt + turn (Table 5: max context 4096); "
+                            "longer pairs are truncated from the left")
     lora: bool = Field(False, description="train a LoRA adapter instead of the full model")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
@@ -225,6 +244,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dpo.epochs": 2,
         "dpo.max_length": 512,
         "dpo.lora": True,
+        "dpo.lr_scheduler": "linear",
         "qnet.epochs": 3,
         "eval.methods": ["greedy", "sampled", "bon", "q", "random_pick", "qnet"],
         "eval.ablation_tasks": 3,
@@ -246,6 +266,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dpo.epochs": 1,
         "dpo.max_length": 384,
         "dpo.lora": True,
+        "dpo.lr_scheduler": "linear",
         "qnet.epochs": 1,
         "qnet.batch_size": 4,
         "eval.n_candidates": 2,

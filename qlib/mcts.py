@@ -9,7 +9,11 @@ Search (one task, at most ``iterations`` iterations):
 * **Selection** walks from the root through expanded, non-terminal nodes, taking at each depth the
   child with the highest ``UCT(s) = V(s) + sqrt(eta * ln N(parent) / N(s))`` (Eq. 4). Unvisited
   children come first; ties (and the choice among unvisited children) go to the earliest child in
-  expansion order, so selection is deterministic.
+  expansion order, so selection is deterministic. Terminal children and *exhausted* subtrees (every
+  search child terminal or exhausted) are not selectable: their values are known, so every iteration
+  is an expansion; the search ends early when the whole tree is exhausted (``stats.exhausted``).
+  Option ``select_terminals`` restores re-selecting terminals (the iteration then only re-scores the
+  terminal's known outcome, without calling the policy).
 * **Expansion** asks the policy for ``n_candidates`` turns at ``temperature`` with the prompt
   ``render(env_name, task_observation, history, variant=prompt_variant, icl=True)`` and the
   environment's ``valid_actions()`` as ``action_space``. Candidates with the same env action are
@@ -21,10 +25,12 @@ Search (one task, at most ``iterations`` iterations):
   without a terminal: a step the environment reports as ``truncated`` (it reached ``max_steps``)
   counts as hitting the depth limit, as does reaching ``max_depth`` (default ``env.max_steps``)
   without ``done``. ``depth_limit_reward`` comes from ``config.env(name).depth_limit_reward``
-  (-0.5 WebShop, -1 HotPotQA, as in the official code). When selection ends on a terminal node its
-  value is evaluated again without calling the policy.
-* **Backpropagation** updates every node from the evaluated leaf (the rollout's last node) to the
-  root with ``N += 1; V = (V*(N-1) + r) / N`` (Eq. 5), successes included (the official code skipped
+  (-0.5 WebShop, -1 HotPotQA, as in the official code). Every *other* child of the expansion that is
+  already terminal (e.g. a success found while expanding) is evaluated too, from its known outcome,
+  and backed up once (option ``backup_expansion_terminals``, on by default; off = the official code,
+  where such a success never reaches V along its path).
+* **Backpropagation** updates every node from each evaluated leaf (the rollout's last node, then the
+  other terminal children of the expansion) to the root with ``N += 1; V = (V*(N-1) + r) / N`` (Eq. 5), successes included (the official code skipped
   the update when a rollout succeeded).
 * **Early stop** after the iteration in which any terminal node (search or rollout) reached reward
   ``>= 1``, when ``early_stop`` is set.
@@ -77,6 +83,8 @@ class SearchSettings:
     depth_limit_reward: float = -1.0
     max_depth: int | None = None  # None: env.max_steps
     prompt_variant: str = "react"
+    backup_expansion_terminals: bool = True  # see the module docstring (Evaluation)
+    select_terminals: bool = False  # see the module docstring (Selection)
 
 
 def search_settings(config: Any, env_name: str, env: Environment | None = None) -> SearchSettings:
@@ -93,6 +101,7 @@ def search_settings(config: Any, env_name: str, env: Environment | None = None) 
         iterations=m.iterations, n_candidates=m.n_candidates, eta=m.eta, temperature=m.temperature,
         early_stop=m.early_stop, depth_limit_reward=float(depth_limit_reward),
         max_depth=getattr(env, "max_steps", None), prompt_variant=config.policy.prompt,
+        backup_expansion_terminals=m.backup_expansion_terminals, select_terminals=m.select_terminals,
     )
 
 
@@ -143,6 +152,11 @@ class Node:
         return [c for c in self.children if not c.is_rollout]
 
     @property
+    def exhausted(self) -> bool:
+        """Nothing left to expand below: terminal, or expanded with every search child exhausted."""
+        return self.terminal or (self.expanded and all(c.exhausted for c in self.search_children))
+
+    @property
     def expanded(self) -> bool:
         return any(not c.is_rollout for c in self.children)
 
@@ -181,9 +195,10 @@ def uct(child: Node, parent_visits: int, eta: float) -> float:
     return child.V + math.sqrt(eta * math.log(parent_visits) / child.N)
 
 
-def select_child(node: Node, eta: float) -> Node:
-    """The search child with the highest UCT; unvisited first; ties to the earliest child."""
-    children = node.search_children
+def select_child(node: Node, eta: float, *, skip_exhausted: bool = False) -> Node:
+    """The search child with the highest UCT; unvisited first; ties to the earliest child.
+    ``skip_exhausted``: only among children that are not terminal or exhausted."""
+    children = [c for c in node.search_children if not (skip_exhausted and c.exhausted)]
     if not children:
         raise ValueError(f"node {node.id} has no search children")
     scores = [uct(c, node.N, eta) for c in children]
@@ -268,9 +283,11 @@ class TreeSearch:
 
     # -------------------------------------------------------------- the four stages
     def select(self, root: Node) -> Node:
+        """Walk down by UCT to a node that is not expanded (or, with ``select_terminals``, a terminal)."""
+        skip = not self.settings.select_terminals
         node = root
         while node.expanded and not node.terminal:
-            node = select_child(node, self.settings.eta)
+            node = select_child(node, self.settings.eta, skip_exhausted=skip)
         return node
 
     def expand(self, node: Node, iteration: int) -> list[Node]:
@@ -313,16 +330,27 @@ class TreeSearch:
         self.task_observation = self.env.reset(task_id)
         self.backups: list[list[Any]] = []  # [iteration, leaf id, value] per backpropagation
         root = self._new_node(None, observation=self.task_observation, snapshot=self.env.snapshot())
-        iterations, early_stopped = 0, False
+        iterations, expansions, early_stopped, exhausted = 0, 0, False, False
         for iteration in range(1, self.settings.iterations + 1):
             if self.should_stop is not None and self.should_stop():
                 raise SearchCancelled(f"search of task {task_id} cancelled at iteration {iteration}")
+            if not self.settings.select_terminals and root.exhausted:
+                exhausted = True  # every trajectory below the root is known: nothing left to expand
+                break
             leaf = self.select(root)
-            if not leaf.terminal and self.expand(leaf, iteration):
-                leaf = self.rollout(select_child(leaf, self.settings.eta), iteration)
-            assert leaf.outcome is not None
-            self.backpropagate(leaf, leaf.outcome)
-            self.backups.append([iteration, leaf.id, leaf.outcome])
+            evaluated = [leaf]
+            if not leaf.terminal:
+                children = self.expand(leaf, iteration)
+                expansions += 1
+                if children:
+                    first = select_child(leaf, self.settings.eta)
+                    evaluated = [self.rollout(first, iteration)]
+                    if self.settings.backup_expansion_terminals:
+                        evaluated += [c for c in children if c.terminal and c is not first]
+            for node in evaluated:
+                assert node.outcome is not None
+                self.backpropagate(node, node.outcome)
+                self.backups.append([iteration, node.id, node.outcome])
             iterations = iteration
             if self.settings.early_stop and self.best_outcome >= 1.0:
                 early_stopped = True
@@ -330,7 +358,7 @@ class TreeSearch:
         stats = {
             "iterations": iterations, "llm_calls": self.llm_calls, "tokens": self.tokens,
             "prompt_tokens": self.prompt_tokens, "seconds": round(time.perf_counter() - start, 3),
-            "seed": self.seed, "early_stopped": early_stopped,
+            "seed": self.seed, "early_stopped": early_stopped, "expansions": expansions, "exhausted": exhausted,
         }
         return self._tree_dict(task_id, stats, config_snapshot)
 

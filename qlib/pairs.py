@@ -106,15 +106,30 @@ class _TreeView:
 
 
 # ---------------------------------------------------------------------------------------- levels
-def step_pairs(view: _TreeView, *, variant: str = "paper", margin: float = 0.0) -> list[dict[str, Any]]:
+def successful(best: dict[str, Any] | None) -> bool:
+    """A search that found a positive reward (its best terminal's evaluation reward is > 0)."""
+    return best is not None and best["q"] > 0
+
+
+def best_path(nodes: Sequence[dict[str, Any]], best: dict[str, Any], *, rollout_best_path: bool = False) -> list[int]:
+    """Node ids from the root to ``best``; without ``rollout_best_path`` only its tree-node prefix
+    (the path stops before the first rollout node, so every chosen action has a visit-averaged Q)."""
+    path = trees.path_ids(nodes, best["id"])
+    if not rollout_best_path:
+        path = path[: next((i for i, n in enumerate(path) if nodes[n]["is_rollout"]), len(path))]
+    return path
+
+
+def step_pairs(view: _TreeView, *, variant: str = "paper", margin: float = 0.0,
+               from_unsuccessful_trees: bool = False, rollout_best_path: bool = False) -> list[dict[str, Any]]:
     """Step-level pairs of one tree (see module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown pairs variant {variant!r}; expected one of {VARIANTS}")
     nodes = view.nodes
     best = trees.best_terminal(nodes)
-    if best is None:
+    if best is None or not (from_unsuccessful_trees or successful(best)):
         return []
-    path = trees.path_ids(nodes, best["id"])
+    path = best_path(nodes, best, rollout_best_path=rollout_best_path)
     rows = []
     for t in range(len(path) - 1):
         options = [nodes[c] for c in nodes[path[t]]["children"] if nodes[c]["q"] is not None]
@@ -136,10 +151,12 @@ def step_pairs(view: _TreeView, *, variant: str = "paper", margin: float = 0.0) 
     return rows
 
 
-def trajectory_pairs(view: _TreeView, *, margin: float = 0.0) -> list[dict[str, Any]]:
+def trajectory_pairs(view: _TreeView, *, margin: float = 0.0, from_unsuccessful_trees: bool = False) -> list[dict[str, Any]]:
     """Best vs worst terminal trajectory of one tree (at most one row)."""
     best, worst = trees.best_terminal(view.nodes), trees.worst_terminal(view.nodes)
     if best is None or worst is None or best["id"] == worst["id"] or not _keep(best["q"], worst["q"], margin):
+        return []
+    if not (from_unsuccessful_trees or successful(best)):
         return []
     best_path, worst_path = trees.path_ids(view.nodes, best["id"]), trees.path_ids(view.nodes, worst["id"])
     return [{
@@ -201,8 +218,9 @@ def build_pairs(
     gamma: float | None = None,
     prompt_variant: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of ``level`` from a tree folder or files; ``variant``/``margin``/``gamma`` default to
-    ``config.pairs`` (``config`` default: the ``cpu`` profile); ``prompt_variant`` defaults to the tree's."""
+    """Rows of ``level`` from a tree folder or files; ``variant``/``margin``/``gamma`` and the options
+    ``from_unsuccessful_trees``/``rollout_best_path`` default to ``config.pairs`` (``config`` default:
+    the ``cpu`` profile); ``prompt_variant`` defaults to the tree's."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
     if config is None:
@@ -216,19 +234,23 @@ def build_pairs(
     loaded = trees.load_trees(source)
     for path, tree in loaded:
         rows += tree_rows(tree, path.name, level, variant=variant, margin=margin, gamma=gamma,
-                          prompt_variant=prompt_variant)
+                          prompt_variant=prompt_variant,
+                          from_unsuccessful_trees=config.pairs.from_unsuccessful_trees,
+                          rollout_best_path=config.pairs.rollout_best_path)
     logger.info("%d %s rows from %d trees", len(rows), level, len(loaded))
     return rows
 
 
 def tree_rows(tree: Tree, tree_file: str, level: str, *, variant: str = "paper", margin: float = 0.0,
-              gamma: float = 0.9, prompt_variant: str | None = None) -> list[dict[str, Any]]:
+              gamma: float = 0.9, prompt_variant: str | None = None, from_unsuccessful_trees: bool = False,
+              rollout_best_path: bool = False) -> list[dict[str, Any]]:
     """Rows of ``level`` from one tree dict (e.g. a :func:`qlib.tree.tree_at_iteration` prefix)."""
     view = _TreeView(tree, tree_file, prompt_variant)
     if level == "step":
-        return step_pairs(view, variant=variant, margin=margin)
+        return step_pairs(view, variant=variant, margin=margin, from_unsuccessful_trees=from_unsuccessful_trees,
+                          rollout_best_path=rollout_best_path)
     if level == "trajectory":
-        return trajectory_pairs(view, margin=margin)
+        return trajectory_pairs(view, margin=margin, from_unsuccessful_trees=from_unsuccessful_trees)
     return qnet_rows(view, gamma=gamma)
 
 

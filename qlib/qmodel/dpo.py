@@ -141,7 +141,7 @@ def trainer_args(config: Config, out_dir: Path, dataset: Any, *, bf16: bool, max
         beta=cfg.beta,
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=cfg.lr_scheduler,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=cfg.batch_size // micro,
         num_train_epochs=cfg.epochs,
