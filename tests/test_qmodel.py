@@ -16,7 +16,8 @@ import torch
 
 from qlib.config import load_config
 from qlib.qmodel import DPOQModel, load_q_model, preference_accuracy
-from qlib.qmodel.format import encode, read_jsonl
+from qlib.io import read_jsonl
+from qlib.qmodel.format import encode
 from qlib.testing.tiny import save_tiny, tiny_llama, tiny_tokenizer
 
 INSTRUCTION = "Solve a question answering task with interleaving Thought, Action, Observation steps."

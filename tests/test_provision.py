@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 import torch
 
-from qlib import models
+from qlib import provision as models
 
 
 def test_gguf_is_found_in_the_wheel():
