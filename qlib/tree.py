@@ -30,11 +30,11 @@ Tree file schema (``{env}_{task_id}.json``, one per task, written atomically)::
       "best_path": [0, 1, 3, 9],     # root → highest-reward terminal node ([] if none)
       "best_reward": 1.0,            # environment reward of that node (null if none)
       "stats": {"iterations": 7, "llm_calls": 19, "tokens": 2310, "prompt_tokens": 51200,
-                "seconds": 41.2, "best_reward": 1.0, "seed": 123456789, "early_stopped": true,
+                "seconds": 41.2, "best_reward": 1.0, "seed": 123456789, "early_stopped": true, "expansions": 7, "exhausted": false,
                 "n_nodes": 40, "n_rollout_nodes": 12, "n_terminal": 9},
       "settings": {"iterations": 30, "n_candidates": 5, "eta": 2.0, "temperature": 1.0,
                    "early_stop": true, "depth_limit_reward": -0.5, "max_depth": 10,
-                   "prompt_variant": "react"},
+                   "prompt_variant": "react", "backup_expansion_terminals": true, "select_terminals": false},
       "config": {...}                # Config.to_dict() of the run (null when not given)
     }
 
