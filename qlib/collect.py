@@ -291,7 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", choices=("train", "valid", "test"), help="task split")
     parser.add_argument("--limit", type=int, default=None,
                         help="first K tasks of the split (default: the profile's task count)")
-    parser.add_argument("--out", default=None, help="tree folder (default: runs/trees/{env}_{split})")
+    parser.add_argument("--out", default=None, help="tree folder (default: runs/<profile>/trees/{env}_{split})")
     parser.add_argument("--workers", type=int, default=None, help="tasks in parallel (default: mcts.workers)")
     parser.add_argument("--shard", default=None, help="i/k: collect tasks[i::k] only")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries of a failing task")
@@ -302,7 +302,9 @@ def run(args: argparse.Namespace) -> int:
     from qlib.config import load_config, parse_overrides
 
     config = load_config(getattr(args, "profile", None), parse_overrides(getattr(args, "set", None)))
-    out = args.out or os.path.join("runs", "trees", f"{args.env}_{args.split}")
+    from qlib.workbook.layout import run_paths
+
+    out = args.out or run_paths(config.profile, create=False).trees(args.env, args.split)
     summary = collect(
         args.env, args.split, config=config, out_dir=out, limit=args.limit, workers=args.workers,
         shard=parse_shard(args.shard), retries=getattr(args, "retries", DEFAULT_RETRIES),

@@ -173,7 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="candidates per step / BoN trajectories (default: eval.n_candidates)")
     parser.add_argument("--limit", type=int, default=None, help="first K tasks (default: <env>.<split>_tasks)")
     parser.add_argument("--out", default=None,
-                        help="resumable JSONL results file (default: runs/eval/<env>_<split>.jsonl)")
+                        help="resumable JSONL results file (default: runs/<profile>/episodes/cli_<split>_<env>.jsonl)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
     env = make(args.env, config)
     policy = make_policy(config.policy, args.env)
     q_model = load_scorer(args.qmodel) if scored else None
-    out = args.out or f"runs/eval/{args.env}_{args.split}.jsonl"
+    from qlib.workbook.layout import run_paths
+
+    out = args.out or run_paths(config.profile, create=False).episodes(f"cli_{args.split}", args.env)
     rows, expected = [], 0
     for method in methods:
         expected += len(select_tasks(env, args.env, args.split, config, args.limit))

@@ -1,37 +1,90 @@
-"""Experiment recipes the notebooks call: each stage of the workbook as one function over both envs.
+"""Experiment recipes: every computation of the notebooks, as named functions over all environments.
 
-The notebooks stay thin (parameters, a call, a table or a plot); the loops, file layout and
+The notebooks stay thin (parameters, a call, a table or a plot); the loops, the file names and the
 bookkeeping live here, on top of :mod:`qlib.collect`, :mod:`qlib.pairs`, :mod:`qlib.qmodel`,
-:mod:`qlib.evaluate` and :mod:`qlib.stats`. Every function is resumable because the stages under it are:
-trees, pair files, trained models and episode rows that already exist are reused.
+:mod:`qlib.evaluate` and :mod:`qlib.stats`. Every recipe is resumable because the stages under it are:
+trees, pair files, trained models and episode rows that already exist are reused, so changing a grid
+(a notebook parameter) and re-running computes only what is missing.
+
+Nothing here names an environment: the environments come from :mod:`qlib.envs.registry`
+(``env_names()``; ``envs_with_paper("table3")`` for an experiment the paper runs on some only), and
+what is specific to one (extra metrics, its scripted expert) from its :class:`~qlib.envs.registry.EnvSpec`.
+
+Reading order: episode sets (shared between notebooks) · stage 1 trees · stage 2 pairs · stage 3 Q models ·
+stage 4 acting (Table 2) · ablations (Table 3, Fig. 5) · what the Q model learned (Fig. 4) · prompting (Table 4).
 """
 from __future__ import annotations
 
-import copy
+import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from qlib.config import Config
-from qlib.workbook import RunPaths
+from qlib.envs.registry import env_names, envs_with_paper, get_spec
+from qlib.workbook.layout import RunPaths
+from qlib.workbook.paper import paper_number, paper_table2
 
 log = logging.getLogger(__name__)
 
-ENVS = ("webshop", "hotpotqa")
 PAIR_LEVELS = ("step", "trajectory", "qnet")
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """A copy of ``config`` with dotted-key ``overrides`` applied (validated; :func:`qlib.config.with_overrides`)."""
-    from qlib.config import with_overrides as apply
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` with dotted-key ``overrides`` applied (validated by :mod:`qlib.config`)."""
+    from qlib.config import with_overrides as validated
 
-    return apply(config, overrides)
+    return validated(config, dict(overrides))
+
+
+# ----------------------------------------------------------------------------- episode sets
+@dataclass(frozen=True)
+class EpisodeSet:
+    """A named file of episodes that one notebook writes and others reuse.
+
+    Its rows live in ``runs/<profile>/episodes/<tag>_<env>.jsonl`` (:meth:`RunPaths.episode_set`). The
+    rows of a scored method (``q``, ``qnet``) carry ``label`` as their Q model's name, which is part of
+    the fingerprint that resuming checks, so ``tag`` and ``label`` must not change once files exist.
+    """
+
+    tag: str  # file tag; ``{pairs}`` etc. are filled from the call's fields
+    methods: tuple[str, ...]  # the methods it holds; () = the profile's eval.methods
+    q_model: str  # Q model scoring its ``q`` rows: runs/<profile>/qmodels/<env>_<q_model>
+    label: str  # the qmodel label of its scored rows
+    purpose: str  # who writes it, who reads it
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # config overrides of its policy
+    qnet: str | None = None  # Q*Agent model scoring its ``qnet`` rows
+
+    def file_tag(self, **fields: Any) -> str:
+        return self.tag.format(**fields)
+
+
+#: every episode file of the workbook, by name
+EPISODE_SETS: dict[str, EpisodeSet] = {
+    "test_methods": EpisodeSet(
+        tag="table2", methods=(), q_model="step", label="step", qnet="qnet",
+        purpose="04: every Table 2 method on the test tasks with the profile's policy. Reused by 05 "
+                "(step-level Q at each n), 06 (sampled = 0 pairs, q = all pairs), 07 (the sampled episodes "
+                "of Fig. 4b) and 08 (the ReAct rows)."),
+    "second_policy": EpisodeSet(
+        tag="transfer", methods=("sampled", "q"), q_model="step", label="step",
+        overrides={"policy.prompt": "reflection"},
+        purpose="04: the step-level Q model guiding a second policy (offline: the reflection prompt). "
+                "Reused by 08 as its ReAct + Reflection rows."),
+    "trajectory_q": EpisodeSet(
+        tag="table3_trajectory", methods=("q",), q_model="trajectory", label="trajectory",
+        purpose="05: Q-guided acting with the trajectory-level Q model at each n (Table 3)."),
+    "pair_subset": EpisodeSet(
+        tag="fig5a_{pairs}", methods=("q",), q_model="step_{pairs}pairs", label="{pairs} pairs",
+        purpose="06: Q-guided acting with a Q model trained on the first {pairs} step pairs (Fig. 5a)."),
+}
 
 
 # ----------------------------------------------------------------------------- stage 1: trees
-def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS,
+def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] | None = None,
                   splits: Sequence[str] = ("train", "valid"), tag: str = "",
                   limits: dict[str, int] | None = None, policy_overrides: dict[str, Any] | None = None) -> pd.DataFrame:
     """MCTS trees for every (env, split); returns one summary row each.
@@ -43,7 +96,7 @@ def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS
 
     run_config = with_overrides(config, policy_overrides or {})
     rows = []
-    for env_name in envs:
+    for env_name in envs or env_names():
         for split in splits:
             out_dir = paths.trees(env_name, split, tag)
             summary = collect(env_name, split, config=run_config, out_dir=out_dir, limit=(limits or {}).get(split))
@@ -56,6 +109,13 @@ def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS
                 "mean_best_reward": best.mean(), "success_rate": trees["success"].mean() if len(trees) else float("nan"),
             })
     return pd.DataFrame(rows)
+
+
+def collect_all_trees(config: Config, paths: RunPaths, *, second_policy: Mapping[str, Any]) -> pd.DataFrame:
+    """Notebook 01: train and valid trees of the policy, and valid trees of ``second_policy`` (split ``valid_ood``)."""
+    own = collect_trees(config, paths, splits=("train", "valid"))
+    ood = collect_trees(config, paths, splits=("valid",), tag="_ood", policy_overrides=dict(second_policy))
+    return pd.concat([own, ood], ignore_index=True)
 
 
 def tree_stats(trees_dir: Path) -> pd.DataFrame:
@@ -74,14 +134,21 @@ def tree_stats(trees_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def all_tree_stats(paths: RunPaths, split: str = "train") -> pd.DataFrame:
+    """:func:`tree_stats` of every environment's ``split`` trees, stacked."""
+    frames = [tree_stats(paths.trees(env, split)) for env in env_names()]
+    return pd.concat(frames, ignore_index=True)
+
+
 # ----------------------------------------------------------------------------- stage 2: pairs
-def build_all_pairs(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS,
+def build_all_pairs(config: Config, paths: RunPaths, *, envs: Sequence[str] | None = None,
                     splits: Sequence[str] = ("train", "valid", "valid_ood")) -> pd.DataFrame:
     """Step / trajectory pairs and QNet rows for every tree folder that exists; returns counts."""
-    from qlib.pairs import build_pairs, write_jsonl
+    from qlib.io import write_jsonl
+    from qlib.pairs import build_pairs
 
     counts = []
-    for env_name in envs:
+    for env_name in envs or env_names():
         for split in splits:
             trees = paths.trees(env_name, split)
             if not trees.exists():
@@ -94,21 +161,50 @@ def build_all_pairs(config: Config, paths: RunPaths, *, envs: Sequence[str] = EN
     return pd.DataFrame(counts)
 
 
+def example_pair(paths: RunPaths, env: str | None = None, level: str = "step") -> dict[str, Any] | None:
+    """The first ``level`` training pair of ``env`` (default: the first environment), or None."""
+    pair_file = paths.pairs(env or env_names()[0], level)
+    if not pair_file.exists():
+        return None
+    return next((json.loads(line) for line in open(pair_file)), None)
+
+
+def pair_gaps(paths: RunPaths) -> pd.DataFrame:
+    """``Q̂(chosen) − Q̂(rejected)`` and depth of every step-level training pair, per env."""
+    frames = []
+    for env in env_names():
+        file = paths.pairs(env, "step")
+        frame = pd.read_json(file, lines=True) if file.exists() and file.stat().st_size else pd.DataFrame()
+        if len(frame):
+            frames.append(frame.assign(env=env, gap=frame.q_chosen - frame.q_rejected)[["env", "depth", "gap"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "depth", "gap"])
+
+
+def count_rows(jsonl: Path) -> int:
+    """Lines of a JSONL file (0 when it does not exist)."""
+    return sum(1 for _ in open(jsonl)) if jsonl.exists() else 0
+
+
 # ----------------------------------------------------------------------------- stage 3: Q models
-def train_q_models(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENVS,
+def train_q_models(config: Config, paths: RunPaths, *, envs: Sequence[str] | None = None,
                    kinds: Iterable[tuple[str, str]] = (("step", "dpo"), ("trajectory", "dpo"), ("qnet", "qnet")),
-                   only_webshop_trajectory: bool = True) -> pd.DataFrame:
-    """Train (or reuse) the Q models: ``{env}_{level}`` from that level's train pairs."""
+                   trajectory_envs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Train (or reuse) the Q models ``{env}_{level}`` from that level's train pairs.
+
+    The trajectory-level model is trained only on ``trajectory_envs`` (default: the environments of the
+    paper's Table 3, the trajectory-level ablation).
+    """
     from qlib.qmodel import train_dpo, train_qnet
 
+    trajectory_envs = envs_with_paper("table3") if trajectory_envs is None else trajectory_envs
     rows = []
-    for env_name in envs:
+    for env_name in envs or env_names():
         for level, kind in kinds:
-            if level == "trajectory" and only_webshop_trajectory and env_name != "webshop":
-                continue  # Table 3 (the trajectory-level ablation) is a WebShop experiment
+            if level == "trajectory" and env_name not in trajectory_envs:
+                continue
             pairs = paths.pairs(env_name, level)
             out = paths.qmodel(env_name, level)
-            n_rows = sum(1 for _ in open(pairs)) if pairs.exists() else 0
+            n_rows = count_rows(pairs)
             if n_rows == 0:
                 log.warning("no %s rows for %s: skipping its Q model", level, env_name)
                 rows.append({"env": env_name, "model": level, "kind": kind, "rows": 0, "trained": False})
@@ -120,77 +216,78 @@ def train_q_models(config: Config, paths: RunPaths, *, envs: Sequence[str] = ENV
     return pd.DataFrame(rows)
 
 
-def training_curves(paths: RunPaths, *, envs: Sequence[str] = ENVS) -> pd.DataFrame:
+def training_curves(paths: RunPaths, *, envs: Sequence[str] | None = None) -> pd.DataFrame:
     """The metrics.csv of every trained DPO model, stacked with env/model columns."""
     frames = []
-    for env_name in envs:
+    for env_name in envs or env_names():
         for level in ("step", "trajectory"):
             metrics = paths.qmodel(env_name, level) / "metrics.csv"
             if metrics.exists():
-                frame = pd.read_csv(metrics)
-                frames.append(frame.assign(env=env_name, model=level))
+                frames.append(pd.read_csv(metrics).assign(env=env_name, model=level))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-# ----------------------------------------------------------------------------- stage 4: acting
-def load_q(paths: RunPaths, env_name: str, level: str) -> Any:
-    """The trained Q model ``{env}_{level}``, or None when it was not trained (no pairs)."""
+def load_q(paths: RunPaths, env_name: str, name: str) -> Any:
+    """The trained Q model ``{env}_{name}``, or None when it was not trained (no pairs)."""
     from qlib.qmodel import load_q_model
 
-    out = paths.qmodel(env_name, level)
+    out = paths.qmodel(env_name, name)
     return load_q_model(out) if (out / "qlib_config.json").exists() else None
 
 
-def run_methods(config: Config, paths: RunPaths, env_name: str, methods: Sequence[str], *, tag: str,
-                split: str = "test", n: int | None = None, q_model: Any = None, qnet: Any = None,
-                limit: int | None = None, policy: Any = None, label: str | None = None) -> list[dict[str, Any]]:
-    """Episodes of each method on ``split`` into ``runs/<profile>/episodes/<tag>_<env>.jsonl``."""
+# ----------------------------------------------------------------------------- stage 4: acting
+def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
+                 methods: Sequence[str] | None = None, *, n: int | None = None, limit: int | None = None,
+                 q_model: Any = None, overrides: Mapping[str, Any] | None = None, split: str = "test",
+                 **fields: Any) -> list[dict[str, Any]]:
+    """Episodes of ``methods`` (default: the set's) into episode set ``set_name`` of ``env_name``; their rows.
+
+    The policy runs with the set's config ``overrides`` (or the given ones); ``q`` rows are scored by
+    ``q_model`` (default: the set's Q model), ``qnet`` rows by the set's QNet; a scored method whose
+    model was not trained is skipped with a warning. Rows get the environment's extra metrics.
+    """
     from qlib.agent.backends import make_policy
     from qlib.evaluate import evaluate
 
-    policy = policy or make_policy(config.policy, env_name)
-    out = paths.episodes(f"{tag}_{env_name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    episode_set = EPISODE_SETS[set_name]
+    run_config = with_overrides(config, episode_set.overrides if overrides is None else overrides)
+    methods = list(methods or episode_set.methods or run_config.eval.methods)
+    if q_model is None and "q" in methods:
+        q_model = load_q(paths, env_name, episode_set.q_model.format(**fields))
+    qnet = load_q(paths, env_name, episode_set.qnet) if "qnet" in methods and episode_set.qnet else None
+    policy = make_policy(run_config.policy, env_name)
+    out = paths.episode_set(set_name, env_name, **fields)
     rows: list[dict[str, Any]] = []
     for method in methods:
         scorer = qnet if method == "qnet" else q_model
         if method in ("q", "qnet") and scorer is None:
             log.warning("%s: no Q model for %s, method skipped", env_name, method)
             continue
-        result = evaluate(env_name, split, method, config=config, policy=policy, q_model=scorer, n=n,
-                          limit=limit, out=out, qmodel_name=label)
-        rows += result
-    return add_answer_f1(rows) if env_name == "hotpotqa" else rows
+        rows += evaluate(env_name, split, method, config=run_config, policy=policy, q_model=scorer, n=n,
+                         limit=limit, out=out, qmodel_name=episode_set.label.format(**fields))
+    return add_row_metrics(rows)
 
 
-def add_answer_f1(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``f1`` (token F1 of the ``finish[...]`` answer, 0 without one) to HotPotQA result rows.
+def add_row_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their environment's extra metrics added (e.g. answer F1); error rows unchanged."""
+    return [row if "error" in row else {**row, **get_spec(row["env"]).row_metrics(row)} for row in rows]
 
-    The reward is exact match (the paper's metric); F1 is a graded view of the same answers, computed
-    from the stored trajectory, so older episode files get it too.
-    """
-    from qlib.envs.hotpotqa import f1_score
-    from qlib.envs.hotpotqa.env import HotPotQAEnv, parse_action
 
-    env = HotPotQAEnv()
-    out = []
-    for row in rows:
-        if row.get("env") != "hotpotqa" or "error" in row:
-            out.append(row)
-            continue
-        last = row["trajectory"][-1] if row.get("trajectory") else {}
-        parsed = parse_action(last.get("action") or "") if last.get("done") else None
-        gold = env.tasks[row["task_id"]].answer
-        out.append({**row, "f1": f1_score(parsed[1], gold)[0] if parsed and parsed[0] == "finish" else 0.0})
-    return out
+def summary_of(rows: list[dict[str, Any]], config: Config) -> pd.DataFrame:
+    """:func:`qlib.stats.summarise` of ``rows`` with the config's resamples and seed (empty without rows)."""
+    from qlib.stats import summarise
+
+    if not rows:
+        return pd.DataFrame(columns=["env", "split", "method", "n", "tasks", "reward", "reward_lo", "reward_hi"])
+    return summarise(rows, resamples=config.eval.bootstrap_resamples, seed=config.seed)
 
 
 def results_table(rows: list[dict[str, Any]], config: Config, *, baseline: str = "q",
                   others: Sequence[str] = ("greedy", "sampled", "bon", "random_pick")) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary with bootstrap CIs, paired differences ``baseline − other``) over all envs in ``rows``."""
-    from qlib.stats import paired_differences, summarise
+    from qlib.stats import paired_differences
 
-    summary = summarise(rows, resamples=config.eval.bootstrap_resamples, seed=config.seed)
+    summary = summary_of(rows, config)
     present = {r["method"] for r in rows}
     wanted = [m for m in others if m in present]
     if baseline in present and wanted:
@@ -201,7 +298,119 @@ def results_table(rows: list[dict[str, Any]], config: Config, *, baseline: str =
     return summary, diffs
 
 
-# ----------------------------------------------------------------------------- analyses
+def oracle_ceilings(config: Config, *, split: str = "test") -> pd.DataFrame:
+    """Mean reward of each environment's scripted expert on the first ``test_tasks`` tasks of ``split``."""
+    rows = []
+    for env in env_names():
+        settings = config.env(env)
+        reward = get_spec(env).expert_reward(split, settings.test_tasks, settings.max_steps)
+        rows.append({"env": env, "oracle_reward": reward})
+    return pd.DataFrame(rows)
+
+
+def table2(config: Config, paths: RunPaths, methods: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Notebook 04, Table 2: every method on every env's test tasks (set ``test_methods``).
+
+    Returns (summary with the paper's number and the scripted-expert ceiling, paired ``q − other``).
+    """
+    rows = []
+    for env in env_names():
+        rows += run_episodes(config, paths, env, "test_methods", methods or config.eval.methods)
+    summary, paired = results_table(rows, config)
+    summary = summary.merge(pd.DataFrame(paper_table2()), on=["env", "method"], how="left")
+    return summary.merge(oracle_ceilings(config), on="env", how="left"), paired
+
+
+def transfer_table(config: Config, paths: RunPaths, *, label: str,
+                   overrides: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Notebook 04: the policy alone (``sampled``) vs guided by the step Q model (``q``), for a second policy.
+
+    The policy is the set ``second_policy``'s (or ``overrides``), named ``label`` in the table.
+    """
+    rows = []
+    for env in env_names():
+        rows += run_episodes(config, paths, env, "second_policy", overrides=overrides)
+    summary, paired = results_table(rows, config, others=("sampled",))
+    summary.insert(0, "policy", label)
+    return summary, paired
+
+
+# ----------------------------------------------------------------------------- ablations
+def candidates_grid(config: Config, paths: RunPaths, candidates: Sequence[int], *, env: str | None = None,
+                    tasks: int | None = None) -> pd.DataFrame:
+    """Notebook 05, Table 3: reward of step- and trajectory-level Q models picking among n candidates.
+
+    ``env`` defaults to the paper's (Table 3), ``tasks`` to the profile's ``eval.ablation_tasks``. The
+    step-level rows live in the ``test_methods`` set, the trajectory-level ones in ``trajectory_q``.
+    """
+    env = env or envs_with_paper("table3")[0]
+    tasks = tasks or config.eval.ablation_tasks or None
+    rows = []
+    for set_name in ("test_methods", "trajectory_q"):
+        level = EPISODE_SETS[set_name].q_model
+        q_model = load_q(paths, env, level)
+        if q_model is None:
+            log.warning("no %s-level Q model (no pairs): skipped", level)
+            continue
+        for n in candidates:
+            episodes = run_episodes(config, paths, env, set_name, ["q"], n=n, q_model=q_model, limit=tasks)
+            rows += [dict(row, method=level) for row in episodes]
+    table = summary_of(rows, config).rename(columns={"method": "preference data"})
+    table["paper"] = [paper_number("table3", env, (level, n)) for level, n in zip(table["preference data"], table.n)]
+    return table
+
+
+def pair_counts(total: int, fractions: Sequence[float]) -> list[int]:
+    """Numbers of step pairs for ``fractions`` of ``total`` (at least 1; none without pairs), in order."""
+    return [max(1, int(round(total * f))) for f in fractions] if total else []
+
+
+def q_model_on_pairs(config: Config, paths: RunPaths, env: str, size: int) -> Any:
+    """The step-level Q model of ``env`` trained on the first ``size`` step pairs (trained when missing).
+
+    With all the pairs it is notebook 03's model ``step``; with fewer, the ``pair_subset`` set's model.
+    """
+    from qlib.qmodel import load_q_model, train_dpo
+
+    pairs_file = paths.pairs(env, "step")
+    full = size >= count_rows(pairs_file)
+    out = paths.qmodel(env, "step" if full else EPISODE_SETS["pair_subset"].q_model.format(pairs=size))
+    if not (out / "qlib_config.json").exists():
+        train_dpo(pairs_file, out, with_overrides(config, {"dpo.max_pairs": size}))
+    return load_q_model(out)
+
+
+def pairs_ablation(config: Config, paths: RunPaths, fractions: Sequence[float], *, env: str | None = None,
+                   tasks: int | None = None) -> pd.DataFrame:
+    """Notebook 06, Fig. 5a: episodes of Q-guided acting with Q models trained on growing shares of the pairs.
+
+    One row per episode with ``n_pairs``; 0 pairs is the plain sampled agent. ``env`` defaults to the
+    paper's (Fig. 5a), ``tasks`` to the profile's ``eval.ablation_tasks``.
+    """
+    env = env or envs_with_paper("fig5a")[0]
+    tasks = tasks or config.eval.ablation_tasks or None
+    total = count_rows(paths.pairs(env, "step"))
+    rows = [dict(r, method="q", n_pairs=0)
+            for r in run_episodes(config, paths, env, "test_methods", ["sampled"], limit=tasks)]
+    for size in pair_counts(total, fractions):
+        set_name = "test_methods" if size == total else "pair_subset"
+        q_model = q_model_on_pairs(config, paths, env, size)
+        episodes = run_episodes(config, paths, env, set_name, ["q"], q_model=q_model, limit=tasks, pairs=size)
+        rows += [dict(row, n_pairs=size) for row in episodes]
+    return pd.DataFrame(rows)
+
+
+def pairs_summary(episodes: pd.DataFrame) -> pd.DataFrame:
+    """Per ``n_pairs``: tasks, mean reward, success rate and the mean of each extra metric."""
+    from qlib.stats import EXTRA_METRICS
+
+    if episodes.empty:
+        return pd.DataFrame(columns=["n_pairs", "tasks", "reward", "success"])
+    metrics = dict(tasks=("reward", "size"), reward=("reward", "mean"), success=("success", "mean"))
+    metrics.update({m: (m, "mean") for m in EXTRA_METRICS if m in episodes})
+    return episodes.groupby("n_pairs").agg(**metrics).reset_index()
+
+
 def iteration_curve(trees_dir: Path, config: Config, ks: Sequence[int]) -> pd.DataFrame:
     """Fig 5b: successful trajectories and step pairs available if MCTS had stopped after k iterations."""
     from qlib.tree import load_tree, tree_at_iteration
@@ -214,17 +423,27 @@ def iteration_curve(trees_dir: Path, config: Config, ks: Sequence[int]) -> pd.Da
         for tree in trees:
             prefix = tree_at_iteration(tree, k)
             successes += sum(1 for n in prefix["nodes"] if n["terminal"] and n["reward"] >= 1.0)
-            pairs += len(tree_rows(prefix, "prefix", "step", variant=config.pairs.variant, margin=config.pairs.margin))
+            pairs += len(tree_rows(prefix, "prefix", "step", variant=config.pairs.variant, margin=config.pairs.margin,
+                                   from_unsuccessful_trees=config.pairs.from_unsuccessful_trees,
+                                   rollout_best_path=config.pairs.rollout_best_path))
         rows.append({"iterations": k, "successful_trajectories": successes, "step_pairs": pairs, "trees": len(trees)})
     return pd.DataFrame(rows)
 
 
-def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] = ENVS, max_pairs: int = 0) -> pd.DataFrame:
-    """Fig 4a: preference accuracy of each env's step Q model on train / IND (valid) / OOD pairs."""
+def iteration_curves(config: Config, paths: RunPaths, iterations: Sequence[int] | None = None) -> pd.DataFrame:
+    """Notebook 06, Fig. 5b: :func:`iteration_curve` of every env's train trees (default k = 1..mcts.iterations)."""
+    ks = list(iterations or range(1, config.mcts.iterations + 1))
+    frames = [iteration_curve(paths.trees(env, "train"), config, ks).assign(env=env) for env in env_names()]
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- what the Q model learned
+def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] | None = None, max_pairs: int = 0) -> pd.DataFrame:
+    """Fig 4a: preference accuracy of each env's step Q model on train / IND (valid) / OOD pairs, with the paper's."""
     from qlib.qmodel import preference_accuracy
 
     rows = []
-    for env_name in envs:
+    for env_name in envs or env_names():
         q_model = load_q(paths, env_name, "step")
         if q_model is None:
             continue
@@ -234,7 +453,8 @@ def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] = ENVS, max_pa
                 continue
             result = preference_accuracy(q_model, pairs, max_pairs=max_pairs)
             rows.append({"env": env_name, "set": label, "accuracy": result["accuracy"], "pairs": result["n"],
-                         "mean_margin": result["mean_margin"]})
+                         "mean_margin": result["mean_margin"],
+                         "paper": paper_number("fig4a", env_name, "ind") if split == "valid" else None})
     return pd.DataFrame(rows)
 
 
@@ -262,14 +482,32 @@ def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str
     return pd.DataFrame(records)
 
 
+def executed_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFrame:
+    """Notebook 07, Fig. 4b: Q of the actions of the ``sampled`` test episodes (set ``test_methods``), every env."""
+    from qlib.episode_store import load_results
+
+    frames = []
+    for env in env_names():
+        q_model = load_q(paths, env, "step")
+        episodes = paths.episode_set("test_methods", env)
+        if q_model is None or not episodes.exists():
+            continue
+        sampled = [r for r in load_results(episodes) if r["method"] == "sampled"]
+        frames.append(q_values_of_episodes(q_model, sampled, env, max_actions=max_actions))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "trajectory", "q"])
+
+
+def q_distribution(qvalues: pd.DataFrame) -> pd.DataFrame:
+    """Count, mean, spread and quartiles of Q per env and trajectory outcome."""
+    return qvalues.groupby(["env", "trajectory"]).q.describe().reset_index() if len(qvalues) else qvalues
+
+
 def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, *,
                              max_actions: int = 200) -> pd.DataFrame:
     """Learned Q against the MCTS Bellman value ``q_raw`` for the actions of (held-out) tree nodes.
 
     Siblings share their prompt, so they are scored in one call (one shared-prefix pass).
     """
-    import json
-
     if not Path(qnet_rows_file).exists():
         return pd.DataFrame(columns=["env", "task_id", "depth", "q", "q_mcts"])
     rows = [json.loads(line) for line in open(qnet_rows_file)][:max_actions]
@@ -284,6 +522,17 @@ def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, 
     return pd.DataFrame(records)
 
 
+def tree_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFrame:
+    """Notebook 07, Fig. 4c: :func:`q_values_of_tree_actions` on every env's held-out (valid) QNet rows."""
+    frames = []
+    for env in env_names():
+        q_model = load_q(paths, env, "step")
+        if q_model is not None:
+            rows_file = paths.pairs(env, "qnet", split="valid")
+            frames.append(q_values_of_tree_actions(q_model, rows_file, env, max_actions=max_actions))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "q", "q_mcts"])
+
+
 def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     """Per env: Spearman correlation of learned Q with the MCTS value (scipy), with its p-value."""
     from scipy.stats import spearmanr
@@ -295,14 +544,20 @@ def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=["env", "actions", "spearman_rho", "p_value"])
 
 
-def oracle_ceilings(config: Config, *, split: str = "test") -> pd.DataFrame:
-    """Mean reward of the scripted oracle agents on the first ``test_tasks`` tasks of each env."""
-    from qlib.envs.hotpotqa import oracle_reward as hotpot_oracle
-    from qlib.envs.webshop.oracle import oracle_reward as webshop_oracle
+# ----------------------------------------------------------------------------- prompting strategies
+def prompting_table(config: Config, paths: RunPaths, *, env: str | None = None) -> pd.DataFrame:
+    """Notebook 08, Table 4: ReAct vs ReAct + Reflection, each alone (``sampled``) and with the step Q model.
 
-    return pd.DataFrame([
-        {"env": "webshop", "oracle_reward": webshop_oracle(split, limit=config.webshop.test_tasks,
-                                                            max_steps=config.webshop.max_steps)},
-        {"env": "hotpotqa", "oracle_reward": hotpot_oracle(split, limit=config.hotpotqa.test_tasks,
-                                                            max_steps=config.hotpotqa.max_steps)},
-    ])
+    ``env`` defaults to the paper's (Table 4). The ReAct rows are the ``test_methods`` set's, the
+    Reflection rows the ``second_policy`` set's, so notebook 04's episodes are reused.
+    """
+    env = env or envs_with_paper("table4")[0]
+    q_model = load_q(paths, env, "step")
+    variants = (("react", "test_methods", {"policy.prompt": "react"}), ("react+reflection", "second_policy", None))
+    rows = []
+    for variant, set_name, overrides in variants:
+        episodes = run_episodes(config, paths, env, set_name, ["sampled", "q"], q_model=q_model, overrides=overrides)
+        rows += [dict(row, method=variant + ("+q" if row["method"] == "q" else "")) for row in episodes]
+    table = summary_of(rows, config)
+    table["paper"] = [paper_number("table4", env, method) for method in table.method]
+    return table

@@ -258,7 +258,7 @@ def tree_rows(tree: Tree, tree_file: str, level: str, *, variant: str = "paper",
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``qlib pairs`` (``--profile``/``--set`` come from the main CLI)."""
     parser.add_argument("--trees", required=True, help="folder of tree files (from qlib collect)")
-    parser.add_argument("--out", default=None, help="output JSONL (default: runs/pairs/{trees}_{level}.jsonl)")
+    parser.add_argument("--out", default=None, help="output JSONL (default: runs/<profile>/pairs/{env}_{split}_{level}.jsonl for a tree folder {env}_{split})")
     parser.add_argument("--level", default="step", choices=LEVELS, help="pair level")
 
 
@@ -268,7 +268,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(getattr(args, "profile", None), parse_overrides(getattr(args, "set", None)))
     rows = build_pairs(args.trees, level=args.level, config=config)
-    out = args.out or os.path.join("runs", "pairs", f"{Path(args.trees).resolve().name}_{args.level}.jsonl")
+    from qlib.workbook.layout import run_paths
+
+    env, _, split = Path(args.trees).resolve().name.partition("_")
+    out = args.out or run_paths(config.profile, create=False).pairs(env, args.level, split or "train")
     path = write_jsonl(rows, out)
     with_rows = {row["tree_file"] for row in rows}
     print(json.dumps({"level": args.level, "rows": len(rows), "trees_with_rows": len(with_rows), "out": str(path)}, indent=2))

@@ -60,7 +60,7 @@ def summarise(
     """Per (env, split, method, n): tasks, mean reward and success rate with bootstrap CIs.
 
     ``oracle`` marks Best-of-N, which selects with the environment's reward. Rows that carry an extra
-    metric (``f1``: HotPotQA answer F1, see :func:`qlib.experiments.add_answer_f1`) add its mean and CI.
+    metric (``f1``: HotPotQA answer F1, see :func:`qlib.experiments.add_row_metrics`) add its mean and CI.
     """
     tasks = per_task(rows)
     extras = [m for m in EXTRA_METRICS if m in tasks]

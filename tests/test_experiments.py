@@ -1,8 +1,9 @@
-"""qlib.experiments analysis helpers: answer F1 of HotPotQA episodes, learned Q against MCTS values."""
+"""qlib.experiments: episode sets, extra metrics of episode rows, the recipes' grids, learned Q against MCTS values."""
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from qlib import experiments as ex
@@ -17,10 +18,10 @@ def hotpot_row(task_id, actions, done=True):
             "success": False, "trajectory": steps}
 
 
-def test_answer_f1_scores_the_final_finish_against_the_gold_answer():
+def test_row_metrics_add_answer_f1_of_the_final_finish():
     env = HotPotQAEnv()
     gold = env.tasks[7].answer
-    rows = ex.add_answer_f1([
+    rows = ex.add_row_metrics([
         hotpot_row(7, ["search[x]", f"finish[{gold}]"]),
         hotpot_row(7, ["search[x]", "finish[certainly not the answer qqq]"]),
         hotpot_row(7, ["search[x]", "lookup[y]"], done=False),  # step limit, no answer
@@ -29,7 +30,7 @@ def test_answer_f1_scores_the_final_finish_against_the_gold_answer():
     ])
     assert [r.get("f1") for r in rows] == [1.0, 0.0, 0.0, None, None]
     assert gold == "Bodyguard"  # one token: a longer answer containing it gets partial credit
-    partial = ex.add_answer_f1([hotpot_row(7, ["finish[the Bodyguard film]"])])[0]["f1"]
+    partial = ex.add_row_metrics([hotpot_row(7, ["finish[the Bodyguard film]"])])[0]["f1"]
     assert partial == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))  # precision 1/2 ('the' is dropped), recall 1
 
 
@@ -61,3 +62,65 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
     assert flipped.loc[0, "spearman_rho"] == pytest.approx(-1.0)
     assert ex.q_values_of_tree_actions(scorer, tmp_path / "missing.jsonl", "webshop").empty
     assert ex.q_values_of_tree_actions(scorer, file, "webshop", max_actions=1).shape[0] == 1
+
+
+# today's episode file tags: existing runs/<profile>/episodes/<tag>_<env>.jsonl must resume
+TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "trajectory_q": "table3_trajectory",
+               "pair_subset": "fig5a_12"}
+
+
+def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
+    from qlib.workbook import run_paths
+
+    monkeypatch.setenv("QLIB_RUNS", str(tmp_path))
+    paths = run_paths("cpu", create=False)
+    assert set(ex.EPISODE_SETS) == set(TODAYS_TAGS)
+    assert len({s.tag for s in ex.EPISODE_SETS.values()}) == len(ex.EPISODE_SETS)
+    for name, tag in TODAYS_TAGS.items():
+        assert paths.episode_set(name, "env", pairs=12) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
+    # the Q model labels are part of the rows' resume fingerprint: today's values
+    labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
+    assert labels == {"test_methods": "step", "second_policy": "step", "trajectory_q": "trajectory",
+                      "pair_subset": "12 pairs"}
+    assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"
+    assert dict(ex.EPISODE_SETS["second_policy"].overrides) == {"policy.prompt": "reflection"}
+
+
+def test_pair_counts_of_fractions():
+    assert ex.pair_counts(8, [0.25, 0.5, 1.0]) == [2, 4, 8]
+    assert ex.pair_counts(3, [0.1, 1.0]) == [1, 3]  # at least one pair
+    assert ex.pair_counts(0, [0.5, 1.0]) == []  # no pairs, no models
+
+
+def test_recipes_default_to_the_papers_environment(tmp_path, monkeypatch):
+    """Table 3 runs where the paper ran it; every episode request goes to the named set."""
+    from qlib.config import load_config
+    from qlib.workbook import run_paths
+
+    monkeypatch.setenv("QLIB_RUNS", str(tmp_path))
+    calls = []
+
+    def fake_run(config, paths, env, set_name, methods=None, *, n=None, limit=None, q_model=None, **kw):
+        calls.append((env, set_name, tuple(methods), n, limit))
+        return [{"env": env, "split": "test", "task_id": t, "method": "q", "n": n, "reward": 0.5 * t,
+                 "success": False} for t in range(2)]
+
+    monkeypatch.setattr(ex, "run_episodes", fake_run)
+    monkeypatch.setattr(ex, "load_q", lambda paths, env, name: object())
+    config = load_config("smoke", {"eval.ablation_tasks": 2})
+    table = ex.candidates_grid(config, run_paths("smoke", create=False), [1, 3])
+    env = ex.envs_with_paper("table3")[0]
+    assert calls == [(env, "test_methods", ("q",), 1, 2), (env, "test_methods", ("q",), 3, 2),
+                     (env, "trajectory_q", ("q",), 1, 2), (env, "trajectory_q", ("q",), 3, 2)]
+    assert list(table["preference data"]) == ["step", "step", "trajectory", "trajectory"]
+    assert list(table.reward) == [0.25] * 4
+    assert list(table.paper) == [0.30, 0.50, 0.30, 0.42]
+
+
+def test_pairs_summary_means_per_share():
+    episodes = pd.DataFrame({"n_pairs": [0, 0, 4, 4], "reward": [0.0, 1.0, 1.0, 1.0], "success": [0, 1, 1, 1],
+                             "f1": [0.0, 0.5, 1.0, 1.0]})
+    summary = ex.pairs_summary(episodes)
+    assert summary.to_dict("list") == {"n_pairs": [0, 4], "tasks": [2, 2], "reward": [0.5, 1.0],
+                                       "success": [0.5, 1.0], "f1": [0.25, 1.0]}
+    assert ex.pairs_summary(pd.DataFrame()).empty
