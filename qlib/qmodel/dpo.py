@@ -210,20 +210,33 @@ def train_dpo(
     return run_dpo(pairs_file, out_dir, config, model_path=model_path, tokenizer=tokenizer, max_steps=max_steps)[0]
 
 
-def run_dpo(
-    pairs_file: str | Path, out_dir: str | Path, config: Config, *, model_path: str | Path | None = None,
-    tokenizer: Any = None, max_steps: int = -1,
-) -> tuple[Path, PreTokenizedDPOTrainer]:
-    """:func:`train_dpo`, also returning the trainer (its ``model`` is the trained policy)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def training_inputs(
+    rows_file: str | Path, out_dir: str | Path, config: Config, model_path: str | Path | None, tokenizer: Any,
+    what: str,
+) -> tuple[Path, str, str, Any, list[dict[str, Any]]]:
+    """What every Q-model trainer starts from: the output folder (created), the base model's name and
+    folder, its tokenizer (unless given) and the training rows (at most ``dpo.max_pairs``; none is an error)."""
+    from transformers import AutoTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_name, base_dir = resolve_base(model_path)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_dir)
-    rows = load_rows(pairs_file, config.dpo.max_pairs)
+    rows = load_rows(rows_file, config.dpo.max_pairs)
     if not rows:
-        raise ValueError(f"{pairs_file} holds no preference pairs")
+        raise ValueError(f"{rows_file} holds no {what}")
+    return out, base_name, base_dir, tokenizer, rows
+
+
+def run_dpo(
+    pairs_file: str | Path, out_dir: str | Path, config: Config, *, model_path: str | Path | None = None,
+    tokenizer: Any = None, max_steps: int = -1,
+) -> tuple[Path, PreTokenizedDPOTrainer]:
+    """:func:`train_dpo`, also returning the trainer (its ``model`` is the trained policy)."""
+    from transformers import AutoModelForCausalLM
+
+    out, base_name, base_dir, tokenizer, rows = training_inputs(
+        pairs_file, out_dir, config, model_path, tokenizer, "preference pairs")
     dataset = build_dataset(tokenizer, rows, config.dpo.max_length)
     bf16 = config.dpo.bf16 and bf16_supported()
     torch.manual_seed(config.seed)

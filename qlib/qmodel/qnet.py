@@ -198,17 +198,12 @@ def run_qnet(
     tokenizer: Any = None,
 ) -> tuple[Path, QNetModel]:
     """:func:`train_qnet`, also returning the trained model."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from qlib.qmodel.dpo import load_rows, resolve_base
+    from qlib.qmodel.dpo import training_inputs
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base_name, base_dir = resolve_base(model_path)
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_dir)
-    rows = load_rows(rows_file, config.dpo.max_pairs)
-    if not rows:
-        raise ValueError(f"{rows_file} holds no QNet rows")
+    out, base_name, base_dir, tokenizer, rows = training_inputs(
+        rows_file, out_dir, config, model_path, tokenizer, "QNet rows")
     torch.manual_seed(config.seed)
     backbone = AutoModel.from_pretrained(base_dir, dtype=torch.float32)
     head = ValueHead(backbone.config.hidden_size, config.qnet.hidden)
