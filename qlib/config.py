@@ -245,6 +245,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dpo.max_length": 512,
         "dpo.lora": True,
         "dpo.lr_scheduler": "linear",
+        # the embedded 135M agent almost never succeeds: without this weak-agent option no tree gives pairs
+        "pairs.from_unsuccessful_trees": True,
         "qnet.epochs": 3,
         "eval.methods": ["greedy", "sampled", "bon", "q", "random_pick", "qnet"],
         "eval.ablation_tasks": 3,
@@ -267,6 +269,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dpo.max_length": 384,
         "dpo.lora": True,
         "dpo.lr_scheduler": "linear",
+        # the embedded 135M agent almost never succeeds: without this weak-agent option no tree gives pairs
+        "pairs.from_unsuccessful_trees": True,
         "qnet.epochs": 1,
         "qnet.batch_size": 4,
         "eval.n_candidates": 2,
