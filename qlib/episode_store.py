@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qlib.episodes import SCORED, FatalEvalError
-from qlib.io import append_jsonl, end_with_newline, read_jsonl
+from qlib.io import read_jsonl
 
 RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "temperature")
 FINGERPRINT = ("policy", "max_steps")  # must match between a file's rows and a resumed run
@@ -37,11 +37,6 @@ def row_key(row: dict[str, Any]) -> tuple:
     return tuple(row.get(k) for k in RESULT_KEY)
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row and flush it to disk (a crash never loses finished episodes)."""
-    append_jsonl(path, row)
-
-
 def check_fingerprint(done: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Refuse to resume into rows produced by a different policy/prompt/step limit/Q model."""
     for row in done:
@@ -52,15 +47,11 @@ def check_fingerprint(done: list[dict[str, Any]], meta: dict[str, Any]) -> None:
                                  "use another --out")
 
 
-
-
 def resume(out: str | Path | None, meta: dict[str, Any], tasks: list[int]) -> dict[int, dict[str, Any]]:
     """Finished rows of ``out`` for this run's tasks, keyed by task id (checks the configuration)."""
     if out is None:
         return {}
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    end_with_newline(path)
+    path = Path(out)  # rows are appended by qlib.io.append_jsonl, which mends a cut-off last line
     wanted = {row_key({**meta, "task_id": t}): t for t in tasks}
     done = {wanted[row_key(r)]: r for r in load_results(path) if row_key(r) in wanted}
     check_fingerprint(list(done.values()), meta)

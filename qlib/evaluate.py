@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from qlib.agent.base import Policy
+from qlib.agent.prompts import render_messages
 from qlib.config import Config, load_config, parse_overrides
 from qlib.envs.base import Environment, check_split
 from qlib.envs.registry import env_names
-from qlib.episode_store import append_row, is_result, resume
+from qlib.io import append_jsonl
+from qlib.episode_store import is_result, resume
 from qlib.episodes import (
     METHODS, SCORED, SINGLE, FatalEvalError, Render, Runner, is_success, run_best_of_n, run_episode,
 )
@@ -44,12 +46,6 @@ def select_tasks(env: Environment, env_name: str, split: str, config: Config, li
         except ValueError:  # an environment without config settings (e.g. the toy env): all tasks
             limit = len(ids)
     return ids[:limit]
-
-
-def default_render() -> Render:
-    from qlib.agent.prompts import render_messages
-
-    return render_messages
 
 
 def method_n(method: str, n: int | None, config: Config) -> int:
@@ -94,7 +90,7 @@ def evaluate(
         from qlib.agent.backends import make_policy
 
         policy = make_policy(config.policy, env_name)
-    runner = Runner(env_name, env, policy, render or default_render(), config.policy.prompt,
+    runner = Runner(env_name, env, policy, render or render_messages, config.policy.prompt,
                     config.policy.temperature, config.seed, q_model if method in SCORED else None)
     qname = (qmodel_name or str(getattr(q_model, "path", "")) or None) if method in SCORED else None
     meta = row_meta(env_name, split, method, k, config, env.max_steps, qname)
@@ -127,7 +123,7 @@ def run_tasks(runner: Runner, todo: list[int], meta: dict[str, Any], done: dict[
     for task_id in bar:
         row = run_task(runner, task_id, meta)
         if out is not None:
-            append_row(Path(out), row)
+            append_jsonl(out, row)
         if is_result(row):
             done[task_id] = row
         else:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from qlib.config import Config
+from qlib.config import Config, with_overrides
 from qlib.envs.registry import env_names, envs_with_paper, get_spec
 from qlib.workbook.layout import RunPaths
 from qlib.workbook.paper import paper_number, paper_table2
@@ -31,13 +31,6 @@ from qlib.workbook.paper import paper_number, paper_table2
 log = logging.getLogger(__name__)
 
 PAIR_LEVELS = ("step", "trajectory", "qnet")
-
-
-def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
-    """A copy of ``config`` with dotted-key ``overrides`` applied (validated by :mod:`qlib.config`)."""
-    from qlib.config import with_overrides as validated
-
-    return validated(config, dict(overrides))
 
 
 # ----------------------------------------------------------------------------- episode sets
@@ -120,7 +113,7 @@ def collect_all_trees(config: Config, paths: RunPaths, *, second_policy: Mapping
 
 def tree_stats(trees_dir: Path) -> pd.DataFrame:
     """One row per tree file: task, best reward, iterations, nodes, LLM calls, seconds."""
-    from qlib.pairs import load_trees
+    from qlib.tree import load_trees
 
     rows = []
     for path, tree in load_trees(trees_dir):

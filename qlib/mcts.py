@@ -30,8 +30,8 @@ Search (one task, at most ``iterations`` iterations):
   and backed up once (option ``backup_expansion_terminals``, on by default; off = the official code,
   where such a success never reaches V along its path).
 * **Backpropagation** updates every node from each evaluated leaf (the rollout's last node, then the
-  other terminal children of the expansion) to the root with ``N += 1; V = (V*(N-1) + r) / N`` (Eq. 5), successes included (the official code skipped
-  the update when a rollout succeeded).
+  other terminal children of the expansion) to the root with ``N += 1; V = (V*(N-1) + r) / N``
+  (Eq. 5), successes included (the official code skipped the update when a rollout succeeded).
 * **Early stop** after the iteration in which any terminal node (search or rollout) reached reward
   ``>= 1``, when ``early_stop`` is set.
 * **Q annotation** (Eq. 6): ``q(s_t, a_t) = V(s_{t+1})`` is stored on the child node; for a terminal
@@ -61,7 +61,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from qlib.agent.base import Candidate, ContextOverflowError, Message, Policy
+from qlib.agent.prompts import render_messages
 from qlib.envs.base import Environment
+from qlib.envs.registry import setting
 from qlib.seeding import derive_seed
 from qlib.tree import SCHEMA_VERSION, History, best_terminal, path_ids
 
@@ -90,12 +92,7 @@ class SearchSettings:
 def search_settings(config: Any, env_name: str, env: Environment | None = None) -> SearchSettings:
     """Settings from a :class:`qlib.config.Config`; an environment the config has no section for (a
     test fixture) takes its registry entry's depth-limit reward."""
-    try:
-        depth_limit_reward = config.env(env_name).depth_limit_reward
-    except ValueError:
-        from qlib.envs.registry import get_spec
-
-        depth_limit_reward = get_spec(env_name).settings["depth_limit_reward"]
+    depth_limit_reward = setting(env_name, "depth_limit_reward", config)
     m = config.mcts
     return SearchSettings(
         iterations=m.iterations, n_candidates=m.n_candidates, eta=m.eta, temperature=m.temperature,
@@ -108,13 +105,6 @@ def search_settings(config: Any, env_name: str, env: Environment | None = None) 
 def task_seed(seed: int, env_name: str, task_id: Any) -> int:
     """The seed of one task's search, from ``config.seed``, the env name and the task id."""
     return derive_seed("task", seed, env_name, task_id)
-
-
-def default_render() -> Render:
-    """The one prompt renderer (:func:`qlib.agent.prompts.render_messages`)."""
-    from qlib.agent.prompts import render_messages
-
-    return render_messages
 
 
 class SearchCancelled(BaseException):
@@ -400,7 +390,7 @@ def search_task(
     search = TreeSearch(
         env, policy, env_name=env_name,
         settings=settings or search_settings(config, env_name, env),
-        seed=task_seed(config.seed, env_name, task_id), render=render or default_render(),
+        seed=task_seed(config.seed, env_name, task_id), render=render or render_messages,
         should_stop=should_stop,
     )
     return search.run(task_id, config_snapshot=config.to_dict())

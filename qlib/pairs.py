@@ -203,11 +203,6 @@ def qnet_rows(view: _TreeView, *, gamma: float = 0.9) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------- driver
-def load_trees(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[tuple[Path, Tree]]:
-    """Tree files of a folder or a list of files, ordered by (env, task id, file name)."""
-    return trees.load_trees(source)
-
-
 def build_pairs(
     source: str | os.PathLike | Iterable[str | os.PathLike],
     level: str = "step",

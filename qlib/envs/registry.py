@@ -112,6 +112,17 @@ def envs_with_paper(key: str) -> tuple[str, ...]:
     return tuple(n for n in env_names() if key in _SPECS[n].paper)
 
 
+def setting(name: str, key: str, config: Any = None) -> Any:
+    """Setting ``key`` of environment ``name``: the config's value when it has a section for the
+    environment, else the registry entry's default (a test fixture has no config section)."""
+    if config is not None:
+        try:
+            return getattr(config.env(name), key)
+        except ValueError:
+            pass
+    return get_spec(name).settings[key]
+
+
 def make(name: str, config: Any = None, **settings: Any) -> Any:
     """Build environment ``name``.
 
@@ -119,14 +130,7 @@ def make(name: str, config: Any = None, **settings: Any) -> Any:
     it takes that config's ``max_steps`` for the environment (when the config has a section for it);
     keyword ``settings`` override both.
     """
-    spec = get_spec(name)
-    max_steps = spec.settings["max_steps"]
-    if config is not None:
-        try:
-            max_steps = config.env(name).max_steps
-        except ValueError:  # a test fixture the config has no section for: its own default
-            pass
-    return spec.make(**{"max_steps": max_steps, **settings})
+    return get_spec(name).make(**{"max_steps": setting(name, "max_steps", config), **settings})
 
 
 def _resolve(target: str | Callable[..., Any]) -> Callable[..., Any]:

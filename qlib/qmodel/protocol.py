@@ -1,7 +1,7 @@
 """The Q-value model protocol (light: no torch), shared by evaluation and every Q model."""
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from qlib.agent.base import Message
 

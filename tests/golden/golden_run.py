@@ -16,7 +16,6 @@ import random
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 HASHES = HERE / "hashes.json"
