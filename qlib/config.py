@@ -68,6 +68,8 @@ class EnvSettings(Section):
     train_tasks: int = Field(ge=0, description="tasks used for MCTS collection (from the train split)")
     valid_tasks: int = Field(ge=0, description="held-out in-distribution tasks (preference accuracy)")
     test_tasks: int = Field(ge=0, description="tasks reported in the results tables (from the test split)")
+    clone_demos: int = Field(ge=0, description="expert demonstrations for behaviour cloning (first train tasks "
+                             "the expert solves)")
 
 
 class PolicyConfig(Section):
@@ -82,6 +84,8 @@ class PolicyConfig(Section):
     )
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
     prompt: Literal["react", "reflection"] = Field("react", description="prompt variant: react | reflection")
+    icl: bool = Field(True, description="put the in-context (few-shot) examples in the policy's prompt; the "
+                      "behaviour-cloned agent is trained and run without them")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of proposed turns")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     max_tokens: int = Field(128, ge=1, description="generated tokens per turn")
@@ -92,6 +96,30 @@ class PolicyConfig(Section):
     max_retries: int = Field(5, ge=0, description="retries of a failed endpoint request (with backoff)")
     concurrency: int = Field(4, ge=1, description="parallel requests when the endpoint ignores `n`")
     n_threads: int = Field(2, ge=1, description="CPU threads of the embedded model")
+
+
+class CloneConfig(Section):
+    """Stage 0: behaviour cloning of the agent on scripted-expert trajectories of train tasks (notebook 00)."""
+
+    thoughts: bool = Field(True, description="a short informative thought before each action (False: an empty "
+                           "'Thought:', cheaper to decode)")
+    mistake_rate: float = Field(0.0, ge=0, le=1, description="share of demonstrations with one injected mistake "
+                                "and the expert's recovery (a wrong product then '< Prev'; a wrong search then the "
+                                "right one)")
+    lora: bool = Field(True, description="train a LoRA adapter (small enough to commit) instead of the full model")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="fraction of steps with linear warmup")
+    lr_scheduler: Literal["constant_with_warmup", "linear", "cosine"] = Field(
+        "linear", description="learning-rate schedule after warm-up")
+    batch_size: int = Field(8, ge=1, description="sequences per optimiser step (one per micro-batch, accumulated)")
+    epochs: int = Field(1, ge=1, description="passes over the demonstrations")
+    max_length: int = Field(4096, ge=64, description="tokens per training sequence; a longer trajectory is split "
+                            "into windows whose prompts drop the oldest steps (a turn is never cut)")
+    bf16: bool = Field(True, description="bfloat16 autocast where the CPU/GPU supports it (about 2x faster)")
+    curve: list[int] = Field([], description="learning-curve checkpoints: the adapter is also saved after this "
+                             "many trajectories have been seen")
 
 
 class MCTSConfig(Section):
@@ -193,6 +221,7 @@ class Config(Section):
         default_factory=registered_envs, description="settings of each environment, by registry name"
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description=PolicyConfig.__doc__)
+    clone: CloneConfig = Field(default_factory=CloneConfig, description=CloneConfig.__doc__)
     mcts: MCTSConfig = Field(default_factory=MCTSConfig, description=MCTSConfig.__doc__)
     pairs: PairsConfig = Field(default_factory=PairsConfig, description=PairsConfig.__doc__)
     dpo: DPOConfig = Field(default_factory=DPOConfig, description=DPOConfig.__doc__)
@@ -223,9 +252,11 @@ class Config(Section):
 
 # ----------------------------------------------------------------------------- profiles
 # Profiles are overrides on top of the paper's settings (the model defaults).
+CLONED_AGENT = {"policy.model": "smollm2-135m-bc", "policy.icl": False}  # stage 0's agent, no few-shot examples
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {},
+    "paper": {**CLONED_AGENT},
     "cpu": {
+        **CLONED_AGENT,
         # sized from measured costs on 2 shared cores so that `make reproduce` fits in about 2 hours:
         # WebShop ≈ 2.5 s per sampled step and ≈ 9 s per Q-guided step (n=5, 48-token turns),
         # HotPotQA episodes are mostly 1-3 steps. See README, Profiles.
@@ -233,12 +264,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "webshop.train_tasks": 6,
         "webshop.valid_tasks": 2,
         "webshop.test_tasks": 5,
+        "webshop.clone_demos": 150,
         "hotpotqa.max_steps": 5,
         "hotpotqa.train_tasks": 8,
         "hotpotqa.valid_tasks": 2,
         "hotpotqa.test_tasks": 12,
+        "hotpotqa.clone_demos": 300,
+        "clone.curve": [50, 100],
         "mcts.iterations": 5,
-        "policy.max_tokens": 48,
+        "policy.max_tokens": 96,  # the expert's longest turn is 77 tokens: no turn may be cut
         "dpo.batch_size": 4,
         "dpo.learning_rate": 5e-5,
         "dpo.epochs": 2,
@@ -253,12 +287,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval.bootstrap_resamples": 5000,
     },
     "smoke": {
+        **CLONED_AGENT,
         "webshop.train_tasks": 2,
         "webshop.valid_tasks": 1,
         "webshop.test_tasks": 1,
         "hotpotqa.train_tasks": 2,
         "hotpotqa.valid_tasks": 1,
         "hotpotqa.test_tasks": 1,
+        "webshop.clone_demos": 2,
+        "hotpotqa.clone_demos": 2,
+        "clone.batch_size": 2,
+        "clone.max_length": 1024,
+        "clone.curve": [1],
         "webshop.max_steps": 3,
         "hotpotqa.max_steps": 3,
         "mcts.iterations": 2,

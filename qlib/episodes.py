@@ -67,6 +67,7 @@ class Runner:
     temperature: float
     seed: int
     q_model: QModel | None = None
+    icl: bool = True  # in-context examples in the policy's prompt (config.policy.icl)
 
 
 # --------------------------------------------------------------------------- seeds and selection
@@ -122,7 +123,7 @@ def pick(
 def run_episode(runner: Runner, task_id: int, method: str, n: int, trajectory: int = 0) -> dict[str, Any]:
     """One episode; returns the outcome reward (of the done step), steps, truncated, tokens, step records.
 
-    The policy sees ``render(..., icl=True)``; the Q model sees the same history with ``icl=False``.
+    The policy sees ``render(..., icl=runner.icl)``; the Q model sees the same history with ``icl=False``.
     """
     env, obs0 = runner.env, runner.env.reset(task_id)
     history: History = []
@@ -133,7 +134,7 @@ def run_episode(runner: Runner, task_id: int, method: str, n: int, trajectory: i
         t = len(history)
         if t >= env.max_steps:
             raise RuntimeError(f"environment did not end the episode at its step limit {env.max_steps}")
-        messages = runner.render(runner.env_name, obs0, history, variant=runner.variant, icl=True)
+        messages = runner.render(runner.env_name, obs0, history, variant=runner.variant, icl=runner.icl)
         try:
             candidates = runner.policy.propose(
                 messages, n if method in SELECTION else 1,

@@ -91,7 +91,8 @@ def evaluate(
 
         policy = make_policy(config.policy, env_name)
     runner = Runner(env_name, env, policy, render or render_messages, config.policy.prompt,
-                    config.policy.temperature, config.seed, q_model if method in SCORED else None)
+                    config.policy.temperature, config.seed, q_model if method in SCORED else None,
+                    icl=config.policy.icl)
     qname = (qmodel_name or str(getattr(q_model, "path", "")) or None) if method in SCORED else None
     meta = row_meta(env_name, split, method, k, config, env.max_steps, qname)
     tasks = select_tasks(env, env_name, split, config, limit)
@@ -109,7 +110,7 @@ def row_meta(env_name: str, split: str, method: str, n: int, config: Config, max
              qmodel: str | None) -> dict[str, Any]:
     """The fields every row of this run starts with (its resume key and configuration fingerprint)."""
     return {"env": env_name, "split": split, "method": method, "n": n, "seed": config.seed,
-            "policy": config.policy.model, "prompt": config.policy.prompt,
+            "policy": config.policy.model, "prompt": config.policy.prompt, "icl": config.policy.icl,
             "temperature": 0.0 if method == "greedy" else config.policy.temperature, "max_steps": max_steps,
             "qmodel": qmodel}
 

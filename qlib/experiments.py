@@ -10,7 +10,8 @@ Nothing here names an environment: the environments come from :mod:`qlib.envs.re
 (``env_names()``; ``envs_with_paper("table3")`` for an experiment the paper runs on some only), and
 what is specific to one (extra metrics, its scripted expert) from its :class:`~qlib.envs.registry.EnvSpec`.
 
-Reading order: episode sets (shared between notebooks) · stage 1 trees · stage 2 pairs · stage 3 Q models ·
+Reading order: episode sets (shared between notebooks) · stage 0 behaviour cloning · stage 1 trees ·
+stage 2 pairs · stage 3 Q models ·
 stage 4 acting (Table 2) · ablations (Table 3, Fig. 5) · what the Q model learned (Fig. 4) · prompting (Table 4).
 """
 from __future__ import annotations
@@ -73,7 +74,133 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
     "pair_subset": EpisodeSet(
         tag="fig5a_{pairs}", methods=("q",), q_model="step_{pairs}pairs", label="{pairs} pairs",
         purpose="06: Q-guided acting with a Q model trained on the first {pairs} step pairs (Fig. 5a)."),
+    "agent_base": EpisodeSet(
+        tag="agent_base", methods=("greedy",), q_model="", label="",
+        overrides={"policy.model": "smollm2-135m", "policy.icl": True},
+        purpose="00: the embedded base agent with the few-shot prompt (the agent before cloning)."),
+    "agent_curve": EpisodeSet(
+        tag="agent_curve_{demos}", methods=("greedy",), q_model="", label="", overrides={"policy.icl": False},
+        purpose="00: greedy episodes of the cloned agent's learning-curve checkpoint after {demos} demos."),
+    "agent_clone": EpisodeSet(
+        tag="agent_clone", methods=("greedy", "bon"), q_model="", label="",
+        overrides={"policy.model": "smollm2-135m-bc", "policy.icl": False},
+        purpose="00: the behaviour-cloned agent without few-shot examples: greedy and pass@n (bon at T=1)."),
 }
+
+
+# ----------------------------------------------------------------------------- stage 0: behaviour cloning
+def expert_demos(config: Config, paths: RunPaths, *, envs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Write (or reuse) each environment's expert demonstrations; one summary row per environment.
+
+    The expert plays under the paper's step limit (the registry's), whatever the profile's limit."""
+    from qlib.expert import manifest_path, write_demos
+
+    rows = []
+    for env_name in envs or env_names():
+        out, n = paths.demos(env_name), config.envs[env_name].clone_demos
+        settings = {"thoughts": config.clone.thoughts, "mistake_rate": config.clone.mistake_rate}
+        manifest = json.loads(manifest_path(out).read_text()) if manifest_path(out).is_file() else {}
+        if not out.is_file() or manifest.get("requested") != n or any(manifest.get(k) != v for k, v in settings.items()):
+            manifest = write_demos(out, env_name, n, seed=config.seed, **settings)
+        rows.append({"env": env_name, "demos": manifest["n"], "skipped": len(manifest["skipped"]),
+                     "with mistake": manifest["mistakes"], "steps": round(manifest["steps_mean"], 2),
+                     "tokens/demo": round(manifest["tokens"]["mean"]), "max tokens": manifest["tokens"]["max"],
+                     "max turn tokens": manifest["turn_tokens"]["max"]})
+    return pd.DataFrame(rows)
+
+
+def clone_agents(config: Config, paths: RunPaths, *, envs: Sequence[str] | None = None,
+                 max_steps: int = -1) -> pd.DataFrame:
+    """Train (or reuse) each environment's behaviour-cloned agent; one row per environment.
+
+    A clone released in ``results/artifacts`` with the same settings is restored instead of retrained;
+    a newly trained LoRA clone is released there."""
+    from qlib.clone import release, restore, train_clone
+    from qlib.qmodel.dpo import CONFIG_FILE
+
+    rows = []
+    for env_name in envs or env_names():
+        out, released = paths.clone(env_name), paths.artifacts / "clones" / env_name
+        settings, demos = config.clone.model_dump(mode="json"), config.envs[env_name].clone_demos
+        if not (out / CONFIG_FILE).is_file() and not restore(released, out, settings, demos):
+            train_clone(paths.demos(env_name), out, config, max_steps=max_steps)
+            release(out, released)
+        meta = json.loads((out / CONFIG_FILE).read_text())
+        rows.append({"env": env_name, **{k: meta[k] for k in ("demos", "sequences", "tokens", "steps",
+                                                               "train_loss", "train_seconds", "dtype")}})
+    return pd.DataFrame(rows)
+
+
+def agent_episodes(config: Config, paths: RunPaths, *, tasks: int, pass_n: int = 5,
+                   envs: Sequence[str] | None = None, base_tasks: int | None = None) -> list[dict[str, Any]]:
+    """Episodes of the base agent (greedy, few-shot prompt) and the cloned agent (greedy, and best-of-
+    ``pass_n`` samples at the profile's temperature = pass@n) on the first ``tasks`` test tasks, under the
+    paper's step limit; rows with the environment's extra metrics."""
+    rows: list[dict[str, Any]] = []
+    for env_name in envs or env_names():
+        run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
+        rows += run_episodes(run_config, paths, env_name, "agent_base", limit=base_tasks or tasks)
+        rows += run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=tasks)
+        rows += run_episodes(run_config, paths, env_name, "agent_clone", ["bon"], n=pass_n, limit=tasks)
+    return rows
+
+
+def agent_table(rows: list[dict[str, Any]], config: Config) -> pd.DataFrame:
+    """Per env, agent and method: mean reward and success with 95% bootstrap CIs, the env's extra metrics,
+    valid-action rate, mean steps, seconds and generated tokens per episode (``bon@n`` = pass@n)."""
+    done = [{**r, "method": f"{agent_label(r)} {r['method']}"} for r in rows if "error" not in r]
+    if not done:
+        return pd.DataFrame()
+    summary = summary_of(done, config)
+    frame = pd.DataFrame([{
+        "env": r["env"], "method": r["method"], "n": r["n"],
+        "valid": sum(s["valid"] for s in r["trajectory"]) / max(len(r["trajectory"]), 1), "steps": r["steps"],
+        "seconds": r["wall_s"], "tokens": r["tokens_generated"]} for r in done])
+    costs = frame.groupby(["env", "method", "n"], sort=False).agg(
+        valid_actions=("valid", "mean"), steps=("steps", "mean"), seconds=("seconds", "mean"),
+        tokens=("tokens", "mean")).reset_index()
+    table = summary.drop(columns=["split", "oracle"]).merge(costs, on=["env", "method", "n"])
+    return table.round(3)
+
+
+def clone_curve(config: Config, paths: RunPaths, *, tasks: int, envs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Greedy reward of each learning-curve checkpoint (``clone.curve``) and of the final clone on the first
+    ``tasks`` test tasks, under the paper's step limit: one row per env and number of demonstrations seen."""
+    from qlib.export import export_gguf
+    from qlib.provision import CLONE_NAME
+
+    lines = []
+    for env_name in envs or env_names():
+        final = json.loads((paths.clone(env_name) / "qlib_config.json").read_text())
+        points = {int(p.name): p for p in (paths.clone(env_name) / "curve").glob("*") if p.name.isdigit()}
+        points[final["demos"]] = None  # the final clone: the agent_clone episodes
+        run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
+        for k, folder in sorted(points.items()):
+            if folder is None:
+                rows = run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=tasks)
+            else:
+                model = {"policy.model": str(export_gguf(folder)), "policy.icl": False}
+                rows = run_episodes(run_config, paths, env_name, "agent_curve", limit=tasks, overrides=model, demos=k)
+            done = [r for r in rows if "error" not in r]
+            lines.append({"env": env_name, "demos": k, "tasks": len(done), "model": CLONE_NAME if folder is None
+                          else folder.name, "reward": sum(r["reward"] for r in done) / max(len(done), 1),
+                          "success": sum(r["success"] for r in done) / max(len(done), 1)})
+    return pd.DataFrame(lines)
+
+
+def agent_label(row: dict[str, Any]) -> str:
+    """``cloned`` for the behaviour-cloned agent, else the model name (+ ``few-shot`` with the examples)."""
+    from qlib.provision import CLONE_NAME
+
+    name = "cloned" if row.get("policy") == CLONE_NAME else str(row.get("policy"))
+    return f"{name} few-shot" if row.get("icl") else name
+
+
+def clone_curves(paths: RunPaths, *, envs: Sequence[str] | None = None) -> pd.DataFrame:
+    """The cloning runs' ``metrics.csv`` (loss, token accuracy per step), stacked with an ``env`` column."""
+    frames = [pd.read_csv(paths.clone(e) / "metrics.csv").assign(env=e) for e in envs or env_names()
+              if (paths.clone(e) / "metrics.csv").is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 # ----------------------------------------------------------------------------- stage 1: trees

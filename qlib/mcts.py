@@ -15,7 +15,7 @@ Search (one task, at most ``iterations`` iterations):
   Option ``select_terminals`` restores re-selecting terminals (the iteration then only re-scores the
   terminal's known outcome, without calling the policy).
 * **Expansion** asks the policy for ``n_candidates`` turns at ``temperature`` with the prompt
-  ``render(env_name, task_observation, history, variant=prompt_variant, icl=True)`` and the
+  ``render(env_name, task_observation, history, variant=prompt_variant, icl=settings.icl)`` and the
   environment's ``valid_actions()`` as ``action_space``. Candidates with the same env action are
   merged into one child (the first candidate's text is kept; ``count`` says how many were merged);
   each child is executed from the parent's snapshot.
@@ -85,6 +85,7 @@ class SearchSettings:
     depth_limit_reward: float = -1.0
     max_depth: int | None = None  # None: env.max_steps
     prompt_variant: str = "react"
+    icl: bool = True  # in-context examples in the policy's prompt
     backup_expansion_terminals: bool = True  # see the module docstring (Evaluation)
     select_terminals: bool = False  # see the module docstring (Selection)
 
@@ -97,7 +98,7 @@ def search_settings(config: Any, env_name: str, env: Environment | None = None) 
     return SearchSettings(
         iterations=m.iterations, n_candidates=m.n_candidates, eta=m.eta, temperature=m.temperature,
         early_stop=m.early_stop, depth_limit_reward=float(depth_limit_reward),
-        max_depth=getattr(env, "max_steps", None), prompt_variant=config.policy.prompt,
+        max_depth=getattr(env, "max_steps", None), prompt_variant=config.policy.prompt, icl=config.policy.icl,
         backup_expansion_terminals=m.backup_expansion_terminals, select_terminals=m.select_terminals,
     )
 
@@ -225,7 +226,7 @@ class TreeSearch:
         """Ask the policy for ``n`` turns at ``node``'s state (the env must be at that state)."""
         messages = self.render(
             self.env_name, self.task_observation, node.history(),
-            variant=self.settings.prompt_variant, icl=True,
+            variant=self.settings.prompt_variant, icl=self.settings.icl,
         )
         seed = derive_seed(self.seed, self.llm_calls)
         self.llm_calls += 1

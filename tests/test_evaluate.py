@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from qlib.agent.base import Candidate, Policy
-from qlib.config import load_config
+from qlib.config import load_config, with_overrides
 from qlib.envs.base import ActionSpace, Environment, EpisodeOverError, StepResult
 from qlib.episode_store import load_results, read_rows
 from qlib.episodes import FatalEvalError, step_seed
@@ -174,8 +174,12 @@ def test_q_executes_only_the_argmax_candidate(config):
     assert all(len(texts) == 3 for _, texts in scorer.calls)  # deduplicated before scoring
     assert sum(r["q_tokens"] for r in rows) == scorer.scored_tokens > 0
     assert all(c == {"n": 4, "temperature": 1.0, "seed": c["seed"]} for c in policy.calls)
-    # the policy sees the ICL prompt, the Q model the same history without ICL
-    assert [c["icl"] for c in render.calls] == [True, False] * 4
+    # the policy sees its prompt (policy.icl: no few-shot examples for the cloned agent of the profiles),
+    # the Q model the same history without ICL
+    assert config.policy.icl is False and [c["icl"] for c in render.calls] == [False, False] * 4
+    with_icl = run("q", with_overrides(config, {"policy.icl": True}), ListPolicy([cand("guess[2]")] * 4),
+                   q_model=scorer, n=1, env=GuessEnv(), render=(render := Render()), limit=1)
+    assert [c["icl"] for c in render.calls] == [True] and with_icl[0]["icl"] is True
     assert all(m[0]["content"].endswith("icl=False react") for m, _ in scorer.calls)
 
 
@@ -277,7 +281,7 @@ def test_rows_have_the_schema(config, tmp_path):
     rows = run("q", config, SeededPolicy(), n=3, out=out, q_model=TableScorer({}), qmodel_name="runs/q")
     base = {"env", "split", "task_id", "method", "n", "reward", "success", "steps", "truncated",
             "tokens_generated", "prompt_tokens", "q_tokens", "wall_s", "seed", "policy", "prompt",
-            "max_steps", "qmodel", "trajectory", "context_overflow", "temperature"}
+            "max_steps", "qmodel", "trajectory", "context_overflow", "temperature", "icl"}
     assert all(set(r) == base for r in rows)
     assert rows[0]["qmodel"] == "runs/q" and rows[0]["seed"] == config.seed and rows[0]["split"] == "test"
     step_keys = {"thought", "action", "text", "valid", "logprob", "observation", "reward", "done",

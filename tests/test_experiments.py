@@ -66,7 +66,8 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
 
 # today's episode file tags: existing runs/<profile>/episodes/<tag>_<env>.jsonl must resume
 TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "trajectory_q": "table3_trajectory",
-               "pair_subset": "fig5a_12"}
+               "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
+               "agent_curve": "agent_curve_12"}
 
 
 def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
@@ -77,11 +78,11 @@ def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
     assert set(ex.EPISODE_SETS) == set(TODAYS_TAGS)
     assert len({s.tag for s in ex.EPISODE_SETS.values()}) == len(ex.EPISODE_SETS)
     for name, tag in TODAYS_TAGS.items():
-        assert paths.episode_set(name, "env", pairs=12) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
+        assert paths.episode_set(name, "env", pairs=12, demos=12) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
     # the Q model labels are part of the rows' resume fingerprint: today's values
     labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
     assert labels == {"test_methods": "step", "second_policy": "step", "trajectory_q": "trajectory",
-                      "pair_subset": "12 pairs"}
+                      "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": ""}
     assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"
     assert dict(ex.EPISODE_SETS["second_policy"].overrides) == {"policy.prompt": "reflection"}
 

@@ -41,6 +41,9 @@ class EnvSpec:
     metrics: Callable[[dict[str, Any]], dict[str, float]] | None = None  # extra metrics of a result row
     expert: str | None = None  # "module:attr": (env, task_id) -> list of actions reaching the best reward
     oracle_reward: str | None = None  # "module:attr": (split, limit, max_steps) -> mean expert reward
+    # "module:attr": (env, task_id, rng, mistake=bool) -> [(thought, action), ...], the expert's turns
+    # (behaviour cloning, qlib.expert); the episode is played from env.reset(task_id)
+    demonstrator: str | None = None
     paper: Mapping[str, Any] = field(default_factory=dict)  # the paper's numbers, by experiment
     search_bench: str | None = None  # "module:attr": (n_queries=...) -> flat dict of latencies (make bench)
     search_goal_ms: float | None = None  # p95 search latency goal of that benchmark
@@ -63,6 +66,11 @@ class EnvSpec:
         if self.oracle_reward is None:
             raise ValueError(f"environment {self.name!r} has no scripted expert")
         return _resolve(self.oracle_reward)(split, limit=limit, max_steps=max_steps)
+
+    def demonstration(self, env: Any, task_id: Any, rng: Any, mistake: bool = False) -> list[tuple[str, str]]:
+        if self.demonstrator is None:
+            raise ValueError(f"environment {self.name!r} has no expert demonstrator")
+        return _resolve(self.demonstrator)(env, task_id, rng, mistake=mistake)
 
     def run_search_bench(self, n_queries: int) -> dict[str, Any]:
         return _resolve(self.search_bench)(n_queries=n_queries)

@@ -21,7 +21,7 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from qlib.config import Config
-from qlib.io import read_jsonl
+from qlib.io import atomic_write_text, read_jsonl
 from qlib.qmodel.format import encode_pair
 
 CONFIG_FILE = "qlib_config.json"
@@ -97,20 +97,21 @@ class PreTokenizedDPOTrainer(DPOTrainer):
 
 
 class MetricsCallback(TrainerCallback):
-    """Collects the per-logging-step DPO metrics and writes them to ``metrics.csv``."""
+    """Collects the per-logging-step training metrics ``keys`` and writes them to ``metrics.csv``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keys: tuple[str, ...] = METRIC_KEYS) -> None:
         self.path = path
+        self.keys = keys
         self.rows: list[dict[str, Any]] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - trainer hook
         if logs and "loss" in logs:
-            self.rows.append({"step": state.global_step, **{k: logs.get(k) for k in METRIC_KEYS[1:]}})
+            self.rows.append({"step": state.global_step, **{k: logs.get(k) for k in self.keys[1:]}})
             self.write()
 
     def write(self) -> None:
         with open(self.path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(METRIC_KEYS))
+            writer = csv.DictWriter(handle, fieldnames=list(self.keys))
             writer.writeheader()
             writer.writerows(self.rows)
 
@@ -161,12 +162,12 @@ def trainer_args(config: Config, out_dir: Path, dataset: Any, *, bf16: bool, max
     )
 
 
-def lora_config(config: Config) -> Any:
-    """peft LoRA on every linear layer but the LM head."""
+def lora_config(section: Any) -> Any:
+    """peft LoRA on every linear layer but the LM head, rank and alpha from ``section`` (``config.dpo``, ``config.clone``)."""
     from peft import LoraConfig
 
     return LoraConfig(
-        r=config.dpo.lora_r, lora_alpha=config.dpo.lora_alpha, lora_dropout=0.0,
+        r=section.lora_r, lora_alpha=section.lora_alpha, lora_dropout=0.0,
         target_modules="all-linear", task_type="CAUSAL_LM",
     )
 
@@ -181,16 +182,16 @@ def make_trainer(
     collator = MaskedPreferenceCollator(pad_token_id=tokenizer.pad_token_id)
     return PreTokenizedDPOTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
-        peft_config=lora_config(config) if config.dpo.lora else None,
+        peft_config=lora_config(config.dpo) if config.dpo.lora else None,
     )
 
 
-def save_dpo(trainer: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:
-    """Adapter (LoRA) or full weights as safetensors, the tokenizer, and ``qlib_config.json``."""
-    weights = out_dir / ("adapter" if meta["lora"] else "model")
-    trainer.model.save_pretrained(weights, safe_serialization=True)
+def save_dpo(model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Adapter (LoRA) or full weights as safetensors, the tokenizer, and ``qlib_config.json`` (written last,
+    so its presence marks a complete folder). The layout of every trained model: Q models and clones."""
+    model.save_pretrained(out_dir / ("adapter" if meta["lora"] else "model"), safe_serialization=True)
     tokenizer.save_pretrained(out_dir / "tokenizer")
-    (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def train_dpo(
@@ -256,7 +257,7 @@ def run_dpo(
         "train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
         "steps": trainer.state.global_step, "seed": config.seed, "config": config.to_dict(),
     }
-    save_dpo(trainer, tokenizer, out, meta)
+    save_dpo(trainer.model, tokenizer, out, meta)
     with contextlib.suppress(OSError):
         (out / "trainer").rmdir()  # trl's output_dir stays empty (save_strategy="no")
     trainer.model.eval()

@@ -2,11 +2,14 @@
 
 ::
 
+    runs/<profile>/demos/<env>_train.jsonl          expert demonstrations         (stage 0, notebook 00)
+    runs/<profile>/clones/<env>/                     behaviour-cloned agents       (stage 0, notebook 00)
     runs/<profile>/trees/<env>_<split><tag>/        one tree JSON per task        (stage 1, notebook 01)
     runs/<profile>/pairs/<env>_<split>_<level>.jsonl preference pairs / QNet rows (stage 2, notebook 02)
     runs/<profile>/qmodels/<env>_<name>/             trained Q-value models        (stage 3, notebook 03)
     runs/<profile>/episodes/<tag>_<env>.jsonl        episode rows of one method set (stage 4, notebooks 04-08)
     results/  figures/                               tables, manifest, timings, executed notebooks, PNGs
+    results/artifacts/clones/<env>/                  released cloned agents (bf16 LoRA adapter, metrics)
 
 ``runs/`` is never committed; ``QLIB_RUNS`` relocates it. ``results/`` and ``figures/`` are committed
 for the ``cpu`` (and ``paper``) profile; the ``smoke`` profile keeps its own under ``runs/smoke/`` so that
@@ -41,9 +44,22 @@ class RunPaths:
     figures: Path  # PNG figures (committed for the cpu profile)
 
     @property
+    def artifacts(self) -> Path:
+        """Released artifacts committed with the results (e.g. the cloned agents' adapters)."""
+        return self.results / "artifacts"
+
+    @property
     def notebooks(self) -> Path:
         """Executed copies of the notebooks."""
         return self.results / "notebooks"
+
+    def demos(self, env: str) -> Path:
+        """JSONL of the expert demonstrations of ``env`` (train split; manifest beside it)."""
+        return self.runs / "demos" / f"{env}_train.jsonl"
+
+    def clone(self, env: str) -> Path:
+        """Folder of the behaviour-cloned agent of ``env`` (adapter, tokenizer, metrics, GGUF export)."""
+        return self.runs / "clones" / env
 
     def trees(self, env: str, split: str = "train", tag: str = "") -> Path:
         """Folder of the MCTS trees of ``env``/``split`` (``tag``: e.g. ``_ood`` for the second policy)."""

@@ -66,11 +66,14 @@ def _digest(text: str) -> str:
 
 #: keys added to tree files after the recording (issue 13's options and counters): configuration and
 #: bookkeeping, not behaviour, so they are left out of the comparison
-LATER_SETTINGS = ("backup_expansion_terminals", "select_terminals")
+LATER_SETTINGS = ("backup_expansion_terminals", "select_terminals", "icl")
+LATER_ROW_FIELDS = ("wall_s", "icl")
 LATER_STATS = ("expansions", "exhausted")
 #: the options that keep the search and pairs as they were when the hashes were recorded
 LEGACY = {"mcts.backup_expansion_terminals": False, "mcts.select_terminals": True,
-          "pairs.from_unsuccessful_trees": True, "pairs.rollout_best_path": True}
+          "pairs.from_unsuccessful_trees": True, "pairs.rollout_best_path": True,
+          # the policy the profiles used before behaviour cloning (issue 12): the base model, few-shot prompt
+          "policy.model": "smollm2-135m", "policy.icl": True}
 
 
 def _tree_text(path: Path) -> str:
@@ -87,7 +90,8 @@ def _tree_text(path: Path) -> str:
 def _rows_text(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for row in rows:
-        row.pop("wall_s", None)
+        for key in LATER_ROW_FIELDS:
+            row.pop(key, None)
     return "\n".join(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows)
 
 

@@ -25,10 +25,11 @@ SPEC = register(EnvSpec(
     observation_prefix="Observation: ",
     prompt_package="qlib.envs.hotpotqa",
     settings={"max_steps": 7, "depth_limit_reward": -1.0, "train_tasks": 1000, "valid_tasks": 100,
-              "test_tasks": 100},
+              "test_tasks": 100, "clone_demos": 1000},
     metrics=answer_f1,
     expert="qlib.envs.hotpotqa.oracle:oracle_actions",
     oracle_reward="qlib.envs.hotpotqa.oracle:oracle_reward",
+    demonstrator="qlib.envs.hotpotqa.oracle:demonstration",
     search_bench="qlib.envs.hotpotqa.bench:bench_search",
     search_goal_ms=5.0,
     paper={  # Zhai et al. 2409.09345

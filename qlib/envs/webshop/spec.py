@@ -9,10 +9,11 @@ SPEC = register(EnvSpec(
     observation_prefix="Observation:\n",
     prompt_package="qlib.envs.webshop",
     settings={"max_steps": 10, "depth_limit_reward": -0.5, "train_tasks": 1824, "valid_tasks": 100,
-              "test_tasks": 100},
+              "test_tasks": 100, "clone_demos": 1000},
     brackets_in_arguments=False,  # search[a [b]] parses as the verb "search[a " (spec §3)
     expert="qlib.envs.webshop.oracle:oracle_actions",
     oracle_reward="qlib.envs.webshop.oracle:oracle_reward",
+    demonstrator="qlib.envs.webshop.oracle:demonstration",
     search_bench="qlib.envs.webshop.bench:bench_search",
     search_goal_ms=3.0,
     paper={  # Zhai et al. 2409.09345: Phi-3-mini-4k-instruct agent, Phi-1.5 Q model
