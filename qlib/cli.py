@@ -14,6 +14,7 @@ from qlib.config import PROFILE_NAMES, ConfigError
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("qlib.info", "show the resolved config, data bundle and model locations"),
+    "clone": ("qlib.clone_cli", "write expert demonstrations and behaviour-clone the agent on them"),
     "collect": ("qlib.collect", "run MCTS over tasks and write one tree JSON per task"),
     "pairs": ("qlib.pairs", "build step/trajectory preference pairs or QNet rows from trees"),
     "train": ("qlib.qmodel.cli", "train a Q-value model (step-level DPO or the Q*Agent QNet)"),
