@@ -5,6 +5,7 @@
     runs/<profile>/trees/<env>_<split><tag>/        one tree JSON per task        (stage 1, notebook 01)
     runs/<profile>/pairs/<env>_<split>_<level>.jsonl preference pairs / QNet rows (stage 2, notebook 02)
     runs/<profile>/qmodels/<env>_<name>/             trained Q-value models        (stage 3, notebook 03)
+    runs/<profile>/clones/<env>/                     behaviour-cloned agent (policy.model smollm2-135m-bc)
     runs/<profile>/episodes/<tag>_<env>.jsonl        episode rows of one method set (stage 4, notebooks 04-08)
     results/  figures/                               tables, manifest, timings, executed notebooks, PNGs
 
@@ -56,6 +57,10 @@ class RunPaths:
     def qmodel(self, env: str, name: str) -> Path:
         """Folder of the Q-value model ``name`` (e.g. ``step``, ``qnet``, ``step_12pairs``) of ``env``."""
         return self.runs / "qmodels" / f"{env}_{name}"
+
+    def clones(self, env: str | None = None) -> Path:
+        """Folder of the behaviour-cloned agent of ``env`` (without ``env``: the folder of all of them)."""
+        return self.runs / "clones" / (env or "")
 
     def episodes(self, tag: str, env: str | None = None) -> Path:
         """Resumable episode file ``<tag>_<env>.jsonl`` (``<tag>.jsonl`` without ``env``)."""
