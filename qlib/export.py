@@ -174,9 +174,16 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _temp_beside(path: Path, tag: str = "") -> Path:
+    """A new, unique, empty hidden file next to ``path`` (to be renamed over it once complete)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{tag}.tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_beside(path)
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
@@ -229,7 +236,7 @@ def _with_tokenizer(model_dir: Path, tokenizer_dir: Path) -> Path:
     if not (model_dir / "tokenizer_config.json").is_file() and tokenizer_dir.is_dir():
         for file in tokenizer_dir.iterdir():
             if file.is_file() and not (model_dir / file.name).exists():
-                tmp = model_dir / f".{file.name}.{os.getpid()}.tmp"
+                tmp = _temp_beside(model_dir / file.name)
                 shutil.copy2(file, tmp)
                 os.replace(tmp, model_dir / file.name)
     return model_dir
@@ -314,10 +321,10 @@ def export_gguf(clone_dir: str | Path, outtype: str = DEFAULT_OUTTYPE) -> Path:
     if target.is_file() and _read_json(stamp) == made_from:
         return target
     started = time.perf_counter()
-    tmp = clone / f".{GGUF_FILE}.{os.getpid()}.tmp"
+    tmp = _temp_beside(target)
     try:
         if outtype == "q4_1":
-            f16 = clone / f".{GGUF_FILE}.{os.getpid()}.f16.tmp"
+            f16 = _temp_beside(target, ".f16")
             try:
                 _convert(source, f16, "f16")
                 _quantize(f16, tmp, "q4_1")
