@@ -370,11 +370,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.clone:
-        clone = Path(args.clone)
-    else:
-        from qlib.config import load_config, parse_overrides
+    from qlib.config import load_config, parse_overrides
 
-        clone = clone_dir_for(load_config(args.profile, parse_overrides(args.set)).policy, args.env)
-    print(export_gguf(clone, args.outtype))
+    try:
+        clone = Path(args.clone) if args.clone else clone_dir_for(
+            load_config(args.profile, parse_overrides(args.set)).policy, args.env)
+        print(export_gguf(clone, args.outtype))
+    except (CloneNotFoundError, CloneConfigError, ConverterError) as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 1
     return 0

@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
     args = parser.parse_args(argv)
     overrides = {"policy.model": args.model, **({"policy.clones": args.clones} if args.clones else {})}
-    model = gguf_for(load_config(args.profile, overrides).policy, args.env)
+    try:
+        model = gguf_for(load_config(args.profile, overrides).policy, args.env)
+    except (OSError, ValueError, RuntimeError) as err:  # no clone / no env / bad config / converter failed
+        print(f"cannot serve {args.model}: {err}", file=sys.stderr)
+        return 2
     alias = args.model if args.model in (EMBEDDED_NAME, CLONE_NAME) else EMBEDDED_NAME
     server = start_server(model, host=args.host, port=args.port, n_ctx=args.n_ctx,
                           n_threads=args.n_threads, timeout=args.timeout, alias=alias)
