@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PROFILE ?= cpu
 PORT ?= 8080
+# make serve: MODEL = smollm2-135m (default) | smollm2-135m-bc (the clone of ENV, from runs/$(PROFILE)/clones) | a GGUF file
+MODEL ?= smollm2-135m
+ENV ?=
 # torch and llama.cpp share libgomp: busy-waiting threads make both 5-13x slower on shared cores
 export OMP_WAIT_POLICY := PASSIVE
 # pip, not the project, owns the llama.cpp build: the compiled wheel is cached after the first time.
@@ -24,7 +27,8 @@ help:
 	@echo "make smoke      = make reproduce PROFILE=smoke"
 	@echo "make lab        open the workbook in JupyterLab"
 	@echo "make bench      print benchmark ratios"
-	@echo "make serve      llama.cpp OpenAI-compatible server with the embedded model on 127.0.0.1:$(PORT)"
+	@echo "make serve      llama.cpp OpenAI-compatible server on 127.0.0.1:$(PORT) with the embedded model"
+	@echo "                (MODEL=smollm2-135m-bc ENV=webshop|hotpotqa: the behaviour-cloned agent of runs/$(PROFILE)/clones/ENV)"
 	@echo "make clean      remove test caches and the smoke run (keeps .venv, runs/cpu and committed results)"
 
 setup: $(STAMP)
@@ -80,7 +84,7 @@ bench: setup
 	$(PY) -m qlib bench
 
 serve: setup
-	$(PY) -m qlib.agent.serve --port $(PORT)
+	$(PY) -m qlib.agent.serve --port $(PORT) --model $(MODEL) --profile $(PROFILE)$(if $(ENV), --env $(ENV))
 
 clean:
 	rm -rf .pytest_cache .hypothesis runs/smoke

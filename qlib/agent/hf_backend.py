@@ -99,13 +99,14 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
 
 class HFPolicy:
-    """:class:`qlib.agent.base.Policy` over a transformers causal LM (default: the embedded SmolLM2)."""
+    """:class:`qlib.agent.base.Policy` over a transformers causal LM (default: the embedded SmolLM2;
+    ``config.model`` ``smollm2-135m-bc`` is the behaviour-cloned agent of ``env_name``)."""
 
     def __init__(self, config: Any, env_name: str | None = None, *, model: Any = None, tokenizer: Any = None):
         self.config = config
         self.env_name = env_name
         if model is None or tokenizer is None:
-            model, tokenizer = _load(config.model)
+            model, tokenizer = _load(config, env_name)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -190,14 +191,21 @@ class HFPolicy:
         return make_candidate(raw, self.env_name, logprob=total, n_tokens=len(tokens), prompt_tokens=prompt_len)
 
 
-def _load(name: str) -> tuple[Any, Any]:
-    """(model, tokenizer) for ``name``: the embedded model, or a local path / cached hub id."""
-    from qlib.provision import EMBEDDED_NAME, load_model
+def _load(config: Any, env_name: str | None) -> tuple[Any, Any]:
+    """(model, tokenizer) that ``config.model`` names: the embedded model, the behaviour-cloned agent of
+    ``env_name`` (its merged hf folder, :func:`qlib.export.merged_dir`), or a local path / cached hub id."""
+    from qlib.provision import CLONE_NAME, EMBEDDED_NAME, load_model
 
+    name = config.model
     if name == EMBEDDED_NAME:
         return load_model()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name == CLONE_NAME:
+        from qlib.export import clone_dir_for, merged_dir
+
+        folder = merged_dir(clone_dir_for(config, env_name))
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
     return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
 
 

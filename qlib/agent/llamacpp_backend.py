@@ -35,6 +35,7 @@ from qlib.agent.candidates import cut_at_stop, make_candidate, sample_seeds
 from qlib.agent.base import Candidate, ContextOverflowError, Message
 from qlib.agent.grammar import ActionGrammar, GrammarMasker, State, TokenIndex
 from qlib.envs.base import ActionSpace
+from qlib.export import gguf_for
 
 MAX_SEQS = 16  # sequences decoded together (larger n is sampled in chunks)
 log = logging.getLogger(__name__)
@@ -77,7 +78,11 @@ ensure_passive_openmp()  # at import: the earliest point this module can do it
 
 
 class LlamaCppPolicy:
-    """:class:`qlib.agent.base.Policy` over llama-cpp-python (default: the embedded SmolLM2 GGUF)."""
+    """:class:`qlib.agent.base.Policy` over llama-cpp-python (default: the embedded SmolLM2 GGUF).
+
+    ``config.model`` picks the GGUF (:func:`qlib.export.gguf_for`): ``smollm2-135m`` (the embedded base),
+    ``smollm2-135m-bc`` (the behaviour-cloned agent of ``env_name``, exported on first use) or a file.
+    """
 
     def __init__(self, config: Any, env_name: str | None = None, *, model_path: str | Path | None = None,
                  verbose: bool = False):
@@ -91,7 +96,7 @@ class LlamaCppPolicy:
         self.config = config
         self.env_name = env_name
         mparams = C.llama_model_default_params()
-        self.model = _internals.LlamaModel(path_model=str(model_path or _model_path(config.model)),
+        self.model = _internals.LlamaModel(path_model=str(model_path or gguf_for(config, env_name)),
                                            params=mparams, verbose=verbose)
         cparams = C.llama_context_default_params()
         cparams.n_ctx = config.n_ctx
@@ -281,15 +286,3 @@ def _draw(logits: np.ndarray, temp: float, top_p: float, rng: np.random.Generato
 def _logsumexp(x: np.ndarray) -> float:
     top = float(x.max())
     return top + float(np.log(np.exp(x - top).sum()))
-
-
-def _model_path(name: str) -> Path:
-    """The GGUF of ``name``: the embedded SmolLM2, or a path to a ``.gguf`` file."""
-    from qlib.provision import EMBEDDED_NAME, gguf_path
-
-    if name == EMBEDDED_NAME:
-        return gguf_path()
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"policy.model {name!r} is neither {EMBEDDED_NAME!r} nor a GGUF file")
-    return path

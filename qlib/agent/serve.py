@@ -1,10 +1,14 @@
-"""Start/stop llama-cpp-python's OpenAI-compatible server for the embedded model (or any GGUF).
+"""Start/stop llama-cpp-python's OpenAI-compatible server for the embedded model, a clone, or any GGUF.
 
     python -m qlib.agent.serve --port 8080            # serves http://127.0.0.1:8080/v1 until Ctrl-C
+    python -m qlib.agent.serve --model smollm2-135m-bc --env webshop [--clones DIR]   # the WebShop clone
 
 ``start_server(...)`` runs ``python -m llama_cpp.server`` as a subprocess, waits until ``/v1/models``
 answers and returns a :class:`LlamaServer` (a context manager; ``stop()`` ends exactly that process).
-The model id is ``smollm2-135m`` (``policy.model``'s default) whatever the file is called.
+The model id is the name asked for (``smollm2-135m``, ``policy.model``'s default, or ``smollm2-135m-bc``
+for the behaviour-cloned agent, whose GGUF :func:`qlib.export.gguf_for` exports on first use), so the
+``openai`` backend with the same ``policy.model`` talks to it; a GGUF given as a path is served as
+``smollm2-135m``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlib.provision import EMBEDDED_NAME
+from qlib.provision import CLONE_NAME, EMBEDDED_NAME
 
 
 class ServerError(RuntimeError):
@@ -86,9 +90,10 @@ def server_command(model: str | Path, host: str, port: int, *, n_ctx: int = 4096
 
 
 def start_server(model: str | Path | None = None, *, host: str = "127.0.0.1", port: int | None = None,
-                 n_ctx: int = 4096, n_threads: int = 2, timeout: float = 120.0,
+                 n_ctx: int = 4096, n_threads: int = 2, timeout: float = 120.0, alias: str = EMBEDDED_NAME,
                  extra: list[str] | None = None, log_path: str | Path | None = None) -> LlamaServer:
-    """Start the server (default: the embedded SmolLM2 GGUF) and wait until ``/v1/models`` answers."""
+    """Start the server (default: the embedded SmolLM2 GGUF, as model id ``alias``) and wait until
+    ``/v1/models`` answers."""
     if model is None:
         from qlib.provision import gguf_path
 
@@ -98,7 +103,7 @@ def start_server(model: str | Path | None = None, *, host: str = "127.0.0.1", po
     log_file = open(log_path, "w")  # noqa: SIM115 - closed by LlamaServer.stop
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     process = subprocess.Popen(
-        server_command(model, host, port, n_ctx=n_ctx, n_threads=n_threads, extra=extra),
+        server_command(model, host, port, n_ctx=n_ctx, n_threads=n_threads, alias=alias, extra=extra),
         stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
     )
     server = LlamaServer(process, host, port, log_path, log_file)
@@ -127,18 +132,35 @@ def wait_ready(server: LlamaServer, timeout: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qlib.config import PROFILE_NAMES, load_config
+    from qlib.export import gguf_for
+
     parser = argparse.ArgumentParser(prog="python -m qlib.agent.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=EMBEDDED_NAME,
+                        help=f"{EMBEDDED_NAME} (the embedded SmolLM2-135M-Instruct, default), {CLONE_NAME} "
+                        "(the behaviour-cloned agent of --env) or a GGUF file")
+    parser.add_argument("--env", help=f"environment whose clone {CLONE_NAME} means (webshop, hotpotqa)")
+    parser.add_argument("--clones", help="folder of the clones (<folder>/<env>/; default: policy.clones of --profile)")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                        help="config profile whose policy.clones is the default --clones (default: cpu)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
     args = parser.parse_args(argv)
-    server = start_server(args.model, host=args.host, port=args.port, n_ctx=args.n_ctx,
-                          n_threads=args.n_threads, timeout=args.timeout)
-    print(f"serving {EMBEDDED_NAME} at {server.base_url} (log: {server.log_path}); Ctrl-C to stop", flush=True)
-    print(f"use it with: --set policy.backend=openai --set policy.base_url={server.base_url}", flush=True)
+    overrides = {"policy.model": args.model, **({"policy.clones": args.clones} if args.clones else {})}
+    try:
+        model = gguf_for(load_config(args.profile, overrides).policy, args.env)
+    except (OSError, ValueError, RuntimeError) as err:  # no clone / no env / bad config / converter failed
+        print(f"cannot serve {args.model}: {err}", file=sys.stderr)
+        return 2
+    alias = args.model if args.model in (EMBEDDED_NAME, CLONE_NAME) else EMBEDDED_NAME
+    server = start_server(model, host=args.host, port=args.port, n_ctx=args.n_ctx,
+                          n_threads=args.n_threads, timeout=args.timeout, alias=alias)
+    print(f"serving {alias} ({model}) at {server.base_url} (log: {server.log_path}); Ctrl-C to stop", flush=True)
+    use_model = f" --set policy.model={alias}" if alias != EMBEDDED_NAME else ""
+    print(f"use it with: --set policy.backend=openai --set policy.base_url={server.base_url}{use_model}", flush=True)
     try:
         while server.process.poll() is None:
             time.sleep(1.0)

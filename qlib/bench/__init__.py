@@ -2,7 +2,8 @@
 
 All benchmark code lives in this package, one module per stage: ``envs`` (search latency of every
 registered environment), ``policy`` (constrained decoding, n-vs-1 cost), ``mcts`` (trees per hour),
-``qmodel`` (shared-prefix scoring, DPO seconds per pair)."""
+``qmodel`` (shared-prefix scoring, DPO seconds per pair), ``clone`` (the behaviour-cloned agent's GGUF vs
+the base GGUF, decode tokens/s)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ BENCHES: dict[str, str] = {
     "policy": "qlib.bench.policy:bench_policy",
     "mcts": "qlib.bench.mcts:bench_mcts",
     "qmodel": "qlib.bench.qmodel:bench_qmodel",
+    "clone": "qlib.bench.clone:bench_clone",
 }
 
 

@@ -3,7 +3,7 @@
 ::
 
     runs/<profile>/demos/<env>_train.jsonl          expert demonstrations         (stage 0, notebook 00)
-    runs/<profile>/clones/<env>/                     behaviour-cloned agents       (stage 0, notebook 00)
+    runs/<profile>/clones/<env>/                     behaviour-cloned agents (policy.model smollm2-135m-bc; stage 0)
     runs/<profile>/trees/<env>_<split><tag>/        one tree JSON per task        (stage 1, notebook 01)
     runs/<profile>/pairs/<env>_<split>_<level>.jsonl preference pairs / QNet rows (stage 2, notebook 02)
     runs/<profile>/qmodels/<env>_<name>/             trained Q-value models        (stage 3, notebook 03)
@@ -57,10 +57,6 @@ class RunPaths:
         """JSONL of the expert demonstrations of ``env`` (train split; manifest beside it)."""
         return self.runs / "demos" / f"{env}_train.jsonl"
 
-    def clone(self, env: str) -> Path:
-        """Folder of the behaviour-cloned agent of ``env`` (adapter, tokenizer, metrics, GGUF export)."""
-        return self.runs / "clones" / env
-
     def trees(self, env: str, split: str = "train", tag: str = "") -> Path:
         """Folder of the MCTS trees of ``env``/``split`` (``tag``: e.g. ``_ood`` for the second policy)."""
         return self.runs / "trees" / f"{env}_{split}{tag}"
@@ -72,6 +68,10 @@ class RunPaths:
     def qmodel(self, env: str, name: str) -> Path:
         """Folder of the Q-value model ``name`` (e.g. ``step``, ``qnet``, ``step_12pairs``) of ``env``."""
         return self.runs / "qmodels" / f"{env}_{name}"
+
+    def clones(self, env: str | None = None) -> Path:
+        """Folder of the behaviour-cloned agent of ``env`` (without ``env``: the folder of all of them)."""
+        return self.runs / "clones" / (env or "")
 
     def episodes(self, tag: str, env: str | None = None) -> Path:
         """Resumable episode file ``<tag>_<env>.jsonl`` (``<tag>.jsonl`` without ``env``)."""
