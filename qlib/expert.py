@@ -73,14 +73,19 @@ def demonstrations(env_name: str, n: int, *, seed: int = 0, thoughts: bool = Tru
     for task_id in env.task_ids(SPLIT):
         if kept >= n:
             return
-        rng = random.Random(derive_seed(seed, env_name, task_id, "demo"))
+        task_seed = derive_seed(seed, env_name, task_id, "demo")
+        rng = random.Random(task_seed)
         mistake = rng.random() < mistake_rate
         turns = spec.demonstration(env, task_id, rng, mistake=mistake)
         if not turns:
             yield {"task_id": task_id, "skipped": "no readable search finds the target"}
             continue
+        if mistake:  # the demonstrator injects one only where the step limit leaves room for the recovery
+            clean = random.Random(task_seed)
+            clean.random()
+            mistake = len(turns) > len(spec.demonstration(env, task_id, clean, mistake=False))
         row = play(env_name, env, task_id, turns, thoughts=thoughts, variant=variant)
-        row["mistake"] = mistake and len(row["actions"]) > len(spec.expert_actions(env, task_id))
+        row["mistake"] = mistake
         if row["reward"] < 1.0:
             yield {"task_id": task_id, "skipped": f"expert reward {row['reward']:.3f} < 1"}
             continue
