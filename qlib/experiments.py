@@ -148,7 +148,8 @@ def agent_episodes(config: Config, paths: RunPaths, *, tasks: int, pass_n: int =
 def agent_table(rows: list[dict[str, Any]], config: Config) -> pd.DataFrame:
     """Per env, agent and method: mean reward and success with 95% bootstrap CIs, the env's extra metrics,
     valid-action rate, mean steps, seconds and generated tokens per episode (``bon@n`` = pass@n)."""
-    done = [{**r, "method": f"{agent_label(r)} {r['method']}"} for r in rows if "error" not in r]
+    done = [{**r, "method": f"{agent_label(r)} " + (f"pass@{r['n']}" if r["method"] == "bon" else r["method"])}
+            for r in rows if "error" not in r]
     if not done:
         return pd.DataFrame()
     summary = summary_of(done, config)
@@ -182,8 +183,9 @@ def clone_curve(config: Config, paths: RunPaths, *, tasks: int, envs: Sequence[s
                 model = {"policy.model": str(export_gguf(folder)), "policy.icl": False}
                 rows = run_episodes(run_config, paths, env_name, "agent_curve", limit=tasks, overrides=model, demos=k)
             done = [r for r in rows if "error" not in r]
-            lines.append({"env": env_name, "demos": k, "tasks": len(done), "model": CLONE_NAME if folder is None
-                          else folder.name, "reward": sum(r["reward"] for r in done) / max(len(done), 1),
+            model_name = CLONE_NAME if folder is None else f"curve/{folder.name}"
+            lines.append({"env": env_name, "demos": k, "tasks": len(done), "model": model_name,
+                          "reward": sum(r["reward"] for r in done) / max(len(done), 1),
                           "success": sum(r["success"] for r in done) / max(len(done), 1)})
     return pd.DataFrame(lines)
 

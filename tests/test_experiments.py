@@ -125,3 +125,22 @@ def test_pairs_summary_means_per_share():
     assert summary.to_dict("list") == {"n_pairs": [0, 4], "tasks": [2, 2], "reward": [0.5, 1.0],
                                        "success": [0.5, 1.0], "f1": [0.25, 1.0]}
     assert ex.pairs_summary(pd.DataFrame()).empty
+
+
+def test_agent_table_labels_agents_and_pass_at_n():
+    from qlib.config import load_config
+
+    def row(task, method, n, policy, icl, reward, valid=True):
+        step = {"valid": valid}
+        return {"env": "webshop", "split": "test", "task_id": task, "method": method, "n": n, "policy": policy,
+                "icl": icl, "reward": reward, "success": reward == 1.0, "steps": 2, "wall_s": 1.0,
+                "tokens_generated": 10, "trajectory": [step, {"valid": True}]}
+
+    rows = [row(0, "greedy", 1, "smollm2-135m", True, 0.0, valid=False), row(1, "greedy", 1, "smollm2-135m", True, 0.5),
+            row(0, "greedy", 1, "smollm2-135m-bc", False, 1.0), row(1, "greedy", 1, "smollm2-135m-bc", False, 0.0),
+            row(0, "bon", 5, "smollm2-135m-bc", False, 1.0), row(1, "bon", 5, "smollm2-135m-bc", False, 1.0),
+            {"env": "webshop", "task_id": 2, "method": "greedy", "error": "boom"}]
+    table = ex.agent_table(rows, load_config("smoke", {"eval.bootstrap_resamples": 50}))
+    assert list(table["method"]) == ["smollm2-135m few-shot greedy", "cloned greedy", "cloned pass@5"]
+    assert list(table["reward"]) == [0.25, 0.5, 1.0] and list(table["success"]) == [0.0, 0.5, 1.0]
+    assert list(table["valid_actions"]) == [0.75, 1.0, 1.0] and set(table["tasks"]) == {2}
