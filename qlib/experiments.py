@@ -131,18 +131,27 @@ def clone_agents(config: Config, paths: RunPaths, *, envs: Sequence[str] | None 
     return pd.DataFrame(rows)
 
 
-def agent_episodes(config: Config, paths: RunPaths, *, tasks: int, pass_n: int = 5,
-                   envs: Sequence[str] | None = None, base_tasks: int | None = None) -> list[dict[str, Any]]:
+def agent_episodes(config: Config, paths: RunPaths, *, tasks: int | Mapping[str, int], pass_n: int = 5,
+                   envs: Sequence[str] | None = None, base_tasks: int | Mapping[str, int] | None = None,
+                   pass_tasks: int | Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """Episodes of the base agent (greedy, few-shot prompt) and the cloned agent (greedy, and best-of-
-    ``pass_n`` samples at the profile's temperature = pass@n) on the first ``tasks`` test tasks, under the
-    paper's step limit; rows with the environment's extra metrics."""
+    ``pass_n`` samples at the profile's temperature = pass@n) on the first test tasks, under the paper's step
+    limit; rows with the environment's extra metrics. Task counts are one number or one per environment;
+    the base agent's and pass@n's default to ``tasks``."""
     rows: list[dict[str, Any]] = []
     for env_name in envs or env_names():
+        limit = per_env(tasks, env_name)
         run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
-        rows += run_episodes(run_config, paths, env_name, "agent_base", limit=base_tasks or tasks)
-        rows += run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=tasks)
-        rows += run_episodes(run_config, paths, env_name, "agent_clone", ["bon"], n=pass_n, limit=tasks)
+        rows += run_episodes(run_config, paths, env_name, "agent_base", limit=per_env(base_tasks, env_name) or limit)
+        rows += run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=limit)
+        rows += run_episodes(run_config, paths, env_name, "agent_clone", ["bon"], n=pass_n,
+                             limit=per_env(pass_tasks, env_name) or limit)
     return rows
+
+
+def per_env(value: int | Mapping[str, int] | None, env_name: str) -> int | None:
+    """A notebook parameter given as one number or as ``{env: number}``, for ``env_name``."""
+    return value.get(env_name) if isinstance(value, Mapping) else value
 
 
 def agent_table(rows: list[dict[str, Any]], config: Config) -> pd.DataFrame:
@@ -164,7 +173,8 @@ def agent_table(rows: list[dict[str, Any]], config: Config) -> pd.DataFrame:
     return table.round(3)
 
 
-def clone_curve(config: Config, paths: RunPaths, *, tasks: int, envs: Sequence[str] | None = None) -> pd.DataFrame:
+def clone_curve(config: Config, paths: RunPaths, *, tasks: int | Mapping[str, int],
+                envs: Sequence[str] | None = None) -> pd.DataFrame:
     """Greedy reward of each learning-curve checkpoint (``clone.curve``) and of the final clone on the first
     ``tasks`` test tasks, under the paper's step limit: one row per env and number of demonstrations seen."""
     from qlib.export import export_gguf
@@ -176,12 +186,13 @@ def clone_curve(config: Config, paths: RunPaths, *, tasks: int, envs: Sequence[s
         points = {int(p.name): p for p in (paths.clones(env_name) / "curve").glob("*") if p.name.isdigit()}
         points[final["demos"]] = None  # the final clone: the agent_clone episodes
         run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
+        limit = per_env(tasks, env_name)
         for k, folder in sorted(points.items()):
             if folder is None:
-                rows = run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=tasks)
+                rows = run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=limit)
             else:
                 model = {"policy.model": str(export_gguf(folder)), "policy.icl": False}
-                rows = run_episodes(run_config, paths, env_name, "agent_curve", limit=tasks, overrides=model, demos=k)
+                rows = run_episodes(run_config, paths, env_name, "agent_curve", limit=limit, overrides=model, demos=k)
             done = [r for r in rows if "error" not in r]
             model_name = CLONE_NAME if folder is None else f"curve/{folder.name}"
             lines.append({"env": env_name, "demos": k, "tasks": len(done), "model": model_name,
