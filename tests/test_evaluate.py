@@ -176,10 +176,10 @@ def test_q_executes_only_the_argmax_candidate(config):
     assert all(c == {"n": 4, "temperature": 1.0, "seed": c["seed"]} for c in policy.calls)
     # the policy sees its prompt (policy.icl: no few-shot examples for the cloned agent of the profiles),
     # the Q model the same history without ICL
-    assert config.policy.icl is False and [c["icl"] for c in render.calls] == [False, False] * 4
-    with_icl = run("q", with_overrides(config, {"policy.icl": True}), ListPolicy([cand("guess[2]")] * 4),
-                   q_model=scorer, n=1, env=GuessEnv(), render=(render := Render()), limit=1)
-    assert [c["icl"] for c in render.calls] == [True] and with_icl[0]["icl"] is True
+    assert config.policy.icl is True and [c["icl"] for c in render.calls] == [True, False] * 4
+    no_icl = run("q", with_overrides(config, {"policy.icl": False}), ListPolicy([cand("guess[2]")] * 4),
+                 q_model=scorer, n=1, env=GuessEnv(), render=(render := Render()), limit=1)
+    assert [c["icl"] for c in render.calls] == [False] and no_icl[0]["icl"] is False
     assert all(m[0]["content"].endswith("icl=False react") for m, _ in scorer.calls)
 
 
