@@ -71,9 +71,8 @@ def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -
     from tqdm.auto import tqdm
 
     samples = []
-    for index, row in enumerate(tqdm(rows, desc="encode demos")):
-        for sample in encode_demo(tokenizer, row["messages"], max_length):
-            samples.append({**sample, "demo": index})
+    for row in tqdm(rows, desc="encode demos"):
+        samples += encode_demo(tokenizer, row["messages"], max_length)
     tokens = [len(s["input_ids"]) for s in samples]
     stats = {"demos": len(rows), "sequences": len(samples), "split_demos": len(samples) - len(rows),
              "tokens": sum(tokens), "max_tokens": max(tokens, default=0),
@@ -160,7 +159,7 @@ def train_clone(
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     trainer = SFTTrainer(model=model, args=sft_args(config, out, bf16=bf16, max_steps=max_steps),
-                         train_dataset=dataset.remove_columns("demo"), processing_class=tokenizer,
+                         train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg) if cfg.lora else None)
     trainer.add_callback(MetricsCallback(out / "metrics.csv", METRIC_KEYS))
     base_meta = {"kind": "sft", "lora": cfg.lora, "base_model": base_name, "demos_file": str(demos_file),

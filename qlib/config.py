@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from qlib.envs.registry import env_names, get_spec
+from qlib.provision import CLONE_NAME
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
@@ -257,7 +258,7 @@ class Config(Section):
 
 # ----------------------------------------------------------------------------- profiles
 # Profiles are overrides on top of the paper's settings (the model defaults).
-CLONED_AGENT = {"policy.model": "smollm2-135m-bc", "policy.icl": False}  # stage 0's agent, no few-shot examples
+CLONED_AGENT = {"policy.model": CLONE_NAME, "policy.icl": False}  # stage 0's agent, no few-shot examples
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {**CLONED_AGENT},
     "cpu": {

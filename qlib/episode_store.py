@@ -1,6 +1,6 @@
 """The resumable store of episode rows: one JSONL file, one row per finished episode.
 
-A row is keyed by ``RESULT_KEY`` (env, split, task, method, n, seed, prompt, temperature); a resumed
+A row is keyed by ``RESULT_KEY`` (env, split, task, method, n, seed, prompt, icl, temperature); a resumed
 run reuses the rows of its key and refuses a file whose rows were produced under another
 configuration (``FINGERPRINT``: policy, step limit, and the Q model for scored methods). Rows are
 appended and fsynced one at a time (:func:`qlib.io.append_jsonl`), so a crash never loses a finished
@@ -14,7 +14,7 @@ from typing import Any
 from qlib.episodes import SCORED, FatalEvalError
 from qlib.io import read_jsonl
 
-RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "temperature")
+RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "icl", "temperature")
 FINGERPRINT = ("policy", "max_steps")  # must match between a file's rows and a resumed run
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from qlib.config import Config, with_overrides
 from qlib.envs.registry import env_names, envs_with_paper, get_spec
+from qlib.provision import CLONE_NAME, EMBEDDED_NAME
 from qlib.workbook.layout import RunPaths
 from qlib.workbook.paper import paper_number, paper_table2
 
@@ -76,14 +77,14 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
         purpose="06: Q-guided acting with a Q model trained on the first {pairs} step pairs (Fig. 5a)."),
     "agent_base": EpisodeSet(
         tag="agent_base", methods=("greedy",), q_model="", label="",
-        overrides={"policy.model": "smollm2-135m", "policy.icl": True},
+        overrides={"policy.model": EMBEDDED_NAME, "policy.icl": True},
         purpose="00: the embedded base agent with the few-shot prompt (the agent before cloning)."),
     "agent_curve": EpisodeSet(
         tag="agent_curve_{demos}", methods=("greedy",), q_model="", label="", overrides={"policy.icl": False},
         purpose="00: greedy episodes of the cloned agent's learning-curve checkpoint after {demos} demos."),
     "agent_clone": EpisodeSet(
         tag="agent_clone", methods=("greedy", "bon"), q_model="", label="",
-        overrides={"policy.model": "smollm2-135m-bc", "policy.icl": False},
+        overrides={"policy.model": CLONE_NAME, "policy.icl": False},
         purpose="00: the behaviour-cloned agent without few-shot examples: greedy and pass@n (bon at T=1)."),
 }
 
@@ -141,12 +142,17 @@ def agent_episodes(config: Config, paths: RunPaths, *, tasks: int | Mapping[str,
     rows: list[dict[str, Any]] = []
     for env_name in envs or env_names():
         limit = per_env(tasks, env_name)
-        run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
+        run_config = paper_step_limit(config, env_name)
         rows += run_episodes(run_config, paths, env_name, "agent_base", limit=per_env(base_tasks, env_name) or limit)
         rows += run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=limit)
         rows += run_episodes(run_config, paths, env_name, "agent_clone", ["bon"], n=pass_n,
                              limit=per_env(pass_tasks, env_name) or limit)
     return rows
+
+
+def paper_step_limit(config: Config, env_name: str) -> Config:
+    """``config`` with ``env_name``'s step limit set to the paper's (its registry default)."""
+    return with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
 
 
 def per_env(value: int | Mapping[str, int] | None, env_name: str) -> int | None:
@@ -178,14 +184,13 @@ def clone_curve(config: Config, paths: RunPaths, *, tasks: int | Mapping[str, in
     """Greedy reward of each learning-curve checkpoint (``clone.curve``) and of the final clone on the first
     ``tasks`` test tasks, under the paper's step limit: one row per env and number of demonstrations seen."""
     from qlib.export import export_gguf
-    from qlib.provision import CLONE_NAME
 
     lines = []
     for env_name in envs or env_names():
         final = json.loads((paths.clones(env_name) / "qlib_config.json").read_text())
         points = {int(p.name): p for p in (paths.clones(env_name) / "curve").glob("*") if p.name.isdigit()}
         points[final["demos"]] = None  # the final clone: the agent_clone episodes
-        run_config = with_overrides(config, {f"{env_name}.max_steps": get_spec(env_name).settings["max_steps"]})
+        run_config = paper_step_limit(config, env_name)
         limit = per_env(tasks, env_name)
         for k, folder in sorted(points.items()):
             if folder is None:
@@ -203,8 +208,6 @@ def clone_curve(config: Config, paths: RunPaths, *, tasks: int | Mapping[str, in
 
 def agent_label(row: dict[str, Any]) -> str:
     """``cloned`` for the behaviour-cloned agent, else the model name (+ ``few-shot`` with the examples)."""
-    from qlib.provision import CLONE_NAME
-
     name = "cloned" if row.get("policy") == CLONE_NAME else str(row.get("policy"))
     return f"{name} few-shot" if row.get("icl") else name
 

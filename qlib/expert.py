@@ -80,10 +80,8 @@ def demonstrations(env_name: str, n: int, *, seed: int = 0, thoughts: bool = Tru
         if not turns:
             yield {"task_id": task_id, "skipped": "no readable search finds the target"}
             continue
-        if mistake:  # the demonstrator injects one only where the step limit leaves room for the recovery
-            clean = random.Random(task_seed)
-            clean.random()
-            mistake = len(turns) > len(spec.demonstration(env, task_id, clean, mistake=False))
+        if mistake:  # injected only where the step limit leaves room for the recovery (the rng picks words, not steps)
+            mistake = len(turns) > len(spec.demonstration(env, task_id, random.Random(task_seed), mistake=False))
         row = play(env_name, env, task_id, turns, thoughts=thoughts, variant=variant)
         row["mistake"] = mistake
         if row["reward"] < 1.0:

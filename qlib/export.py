@@ -63,6 +63,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qlib.io import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "qlib_config.json"  # as written by qlib.qmodel.dpo.save_dpo
@@ -182,10 +184,7 @@ def _temp_beside(path: Path, tag: str = "") -> Path:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    tmp = _temp_beside(path)
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 # ----------------------------------------------------------------------------- merged hf folder

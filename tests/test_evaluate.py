@@ -447,3 +447,12 @@ class ScriptedHints:
         from qlib.agent.base import Candidate
 
         return [Candidate(text="Thought: hint\nAction: hint[]", thought="hint", action="hint[]", valid=True)] * n
+
+
+def test_rows_with_and_without_few_shot_examples_live_side_by_side(config, tmp_path):
+    out = tmp_path / "eval.jsonl"
+    first = run("greedy", config, SeededPolicy(), out=out, limit=1)
+    other = run("greedy", with_overrides(config, {"policy.icl": not config.policy.icl}), SeededPolicy(), out=out,
+                limit=1)
+    assert first[0]["icl"] != other[0]["icl"]  # the second run did not resume the first one's row
+    assert len(load_results(out)) == 2
