@@ -58,7 +58,16 @@ QLIB_SOURCES := $(shell find qlib -type f \( -name '*.py' -o -name '*.json' -o -
 PROFILE_MARK := $(RESULTS_DIR)/.profile
 
 reproduce: setup $(STAGES)
+	$(PY) -m qlib release --profile $(PROFILE)
 	$(PY) -m qlib.workbook --profile $(PROFILE) --report
+
+# The committed release (results/artifacts/run: trees, pairs, episodes, small models) is copied back into
+# runs/<profile>/ before the first stage, so a fresh clone resumes from it instead of recollecting; redone
+# when the release changes. A corrupt release, or a runs/ folder of another run, stops here with an error.
+RELEASE_MANIFEST := $(wildcard $(RESULTS_DIR)/artifacts/run/MANIFEST.json)
+$(STAMPS)/restore.done: $(RELEASE_MANIFEST) | setup
+	$(PY) -m qlib release --profile $(PROFILE) --restore
+	@mkdir -p $(@D) && touch $@
 
 $(PROFILE_MARK): FORCE
 	@mkdir -p $(@D)
@@ -73,6 +82,8 @@ $(foreach stage,$(STAGES),$(eval $(call STAGE_RULE,$(stage))))
 # each stage also depends on the one before it
 chain = $(if $(word 2,$(1)),$(eval $(word 2,$(1)): $(word 1,$(1)))$(call chain,$(wordlist 2,999,$(1))))
 $(call chain,$(STAGES))
+# order-only: a new release (written at the end of every reproduce) does not redo the stages
+$(firstword $(STAGES)): | $(STAMPS)/restore.done
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke

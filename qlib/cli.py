@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("qlib.qmodel.cli", "train a Q-value model (step-level DPO or the Q*Agent QNet)"),
     "evaluate": ("qlib.evaluate", "run an agent over a split with a selection method"),
     "export": ("qlib.export", "export a behaviour-cloned agent to a GGUF for llama.cpp (prints its path)"),
+    "release": ("qlib.release", "copy the run's trees, pairs, episodes and small models to results/artifacts/run "
+                "(--restore: back into runs/)"),
     "bench": ("qlib.bench", "print benchmark ratios (last line JSON)"),
 }
 

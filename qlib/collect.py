@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -93,6 +93,42 @@ def default_policy(env_name: str, config: Any) -> Any:
     return make_policy(config.policy, env_name)
 
 
+class MismatchedTreesError(RuntimeError):
+    """Tree files in the output folder that another configuration produced (or that cannot be read)."""
+
+
+#: what must agree between a finished tree and the run that would resume next to it
+RUN_KEYS = ("seed", "policy.model", "policy.icl", "policy.prompt", "policy.max_tokens", "policy.top_p")
+
+
+def run_identity(settings: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
+    """The search settings and :data:`RUN_KEYS` of a tree (or of the run about to start)."""
+    identity = dict(settings)
+    for key in RUN_KEYS:
+        value: Any = config or {}
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        identity[key] = value
+    return identity
+
+
+def check_finished_trees(out: Path, env_name: str, done: Sequence[Any], expected: dict[str, Any]) -> None:
+    """Refuse to resume next to trees of another configuration (or unreadable ones): one folder, one run."""
+    for task_id in done:
+        path = tree_path(out, env_name, task_id)
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+            found = run_identity(tree["settings"], tree.get("config"))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise MismatchedTreesError(f"{path} is not a readable tree file ({type(err).__name__}: {err}); "
+                                       "delete it to collect that task again") from None
+        diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+        if diff:
+            shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise MismatchedTreesError(f"{path} was collected with other settings ({shown}); collect into "
+                                       "another folder or delete the old trees")
+
+
 def select_tasks(
     all_tasks: Sequence[Any], limit: int | None, shard: tuple[int, int] | None
 ) -> list[Any]:
@@ -151,6 +187,10 @@ def collect(
     tasks = select_tasks(first_env.task_ids(split), limit, shard)
     pending = [t for t in tasks if not tree_path(out, env_name, t).exists()]
     skipped = len(tasks) - len(pending)
+    settings = asdict(mcts.search_settings(config, env_name, first_env))
+    settings["max_depth"] = settings["max_depth"] or first_env.max_steps
+    check_finished_trees(out, env_name, [t for t in tasks if t not in pending],
+                         run_identity(settings, config.to_dict()))
     workers = max(1, workers or config.mcts.workers)
     logger.info("collect %s/%s: %d tasks, %d done already, %d workers -> %s",
                 env_name, split, len(tasks), skipped, workers, out)

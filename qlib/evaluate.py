@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 import time
+import re
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from qlib.agent.base import Policy
 from qlib.agent.prompts import render_messages
@@ -37,9 +38,45 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- the driver
 
 
-def select_tasks(env: Environment, env_name: str, split: str, config: Config, limit: int | None) -> list[int]:
-    """``env.task_ids(split)[:limit]``; default limit: the config's ``<split>_tasks`` of the environment."""
+def parse_task_spec(spec: str) -> list[int]:
+    """Task ids from ``"0-49,70,90-99"`` (ids and inclusive ranges, comma-separated), in the given order,
+    duplicates dropped; a malformed part or a reversed range is a :class:`ValueError`."""
+    ids: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise ValueError(f"--tasks {spec!r}: {part!r} is neither a task id nor a range like 0-49")
+        first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        if last < first:
+            raise ValueError(f"--tasks {spec!r}: range {part!r} runs backwards")
+        ids += range(first, last + 1)
+    return list(dict.fromkeys(ids))
+
+
+def task_spec_argument(spec: str) -> list[int]:
+    """:func:`parse_task_spec` for argparse (its message, not argparse's generic one)."""
+    try:
+        return parse_task_spec(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def select_tasks(env: Environment, env_name: str, split: str, config: Config, limit: int | None,
+                 tasks: Sequence[int] | None = None) -> list[int]:
+    """``tasks`` (ids of ``split``, checked) when given, else ``env.task_ids(split)[:limit]``; default
+    limit: the config's ``<split>_tasks`` of the environment."""
     ids = list(env.task_ids(split))
+    if tasks is not None:
+        if limit is not None:
+            raise ValueError("give either a task limit or task ids, not both")
+        known = set(ids)
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+            raise ValueError(f"{len(unknown)} task id(s) not in {env_name}'s {split} split "
+                             f"({len(ids)} tasks, ids {min(ids)}-{max(ids)}): {shown}")
+        return list(tasks)
     if limit is None:
         try:
             limit = getattr(config.env(env_name), f"{split}_tasks")
@@ -67,12 +104,14 @@ def evaluate(
     q_model: QModel | None = None,
     n: int | None = None,
     limit: int | None = None,
+    tasks: Sequence[int] | None = None,
     out: str | Path | None = None,
     env: Environment | None = None,
     render: Render | None = None,
     qmodel_name: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``method`` over the first tasks of ``split``; return one result row per finished episode.
+    """Run ``method`` over the first ``limit`` tasks of ``split`` (or the task ids ``tasks``); return one result
+    row per finished episode.
 
     Rows already in ``out`` for the same (env, split, task_id, method, n, seed) are reused, new rows
     are appended per episode; episodes that raised are written as ``error`` rows and left out of the
@@ -95,7 +134,7 @@ def evaluate(
                     icl=config.policy.icl)
     qname = (qmodel_name or str(getattr(q_model, "path", "")) or None) if method in SCORED else None
     meta = row_meta(env_name, split, method, k, config, env.max_steps, qname)
-    tasks = select_tasks(env, env_name, split, config, limit)
+    tasks = select_tasks(env, env_name, split, config, limit, tasks)
     done = resume(out, meta, tasks)
     todo = [t for t in tasks if t not in done]
     log.info("%s/%s %s n=%d: %d tasks, %d already done",
@@ -168,7 +207,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qmodel", default=None, help="Q-value model directory (needed by q / qnet)")
     parser.add_argument("--n", type=int, default=None,
                         help="candidates per step / BoN trajectories (default: eval.n_candidates)")
-    parser.add_argument("--limit", type=int, default=None, help="first K tasks (default: <env>.<split>_tasks)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--limit", type=int, default=None, help="first K tasks (default: <env>.<split>_tasks)")
+    chosen.add_argument("--tasks", type=task_spec_argument, default=None, metavar="IDS",
+                        help="task ids of the split, comma-separated ids and inclusive ranges, e.g. 0-49,70,90-99 "
+                             "(instead of --limit)")
     parser.add_argument("--out", default=None,
                         help="resumable JSONL results file (default: runs/<profile>/episodes/cli_<split>_<env>.jsonl)")
 
@@ -186,6 +229,11 @@ def run(args: argparse.Namespace) -> int:
     from qlib.envs import make
 
     env = make(args.env, config)
+    try:
+        select_tasks(env, args.env, args.split, config, args.limit, args.tasks)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     policy = make_policy(config.policy, args.env)
     q_model = load_scorer(args.qmodel) if scored else None
     from qlib.workbook.layout import run_paths
@@ -193,9 +241,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or run_paths(config.profile, create=False).episodes(f"cli_{args.split}", args.env)
     rows, expected = [], 0
     for method in methods:
-        expected += len(select_tasks(env, args.env, args.split, config, args.limit))
+        expected += len(select_tasks(env, args.env, args.split, config, args.limit, args.tasks))
         rows += evaluate(args.env, args.split, method, config=config, policy=policy, q_model=q_model,
-                         n=args.n, limit=args.limit, out=out, env=env,
+                         n=args.n, limit=args.limit, tasks=args.tasks, out=out, env=env,
                          qmodel_name=os.path.normpath(args.qmodel) if args.qmodel else None)
     print_summary(rows, methods, config)
     print(f"results: {out} ({len(rows)}/{expected} episodes)")

@@ -244,3 +244,22 @@ def test_collect_trees_summarises_every_tree_on_disk_after_a_resume(tmp_path, mo
     assert (again.done, again.skipped, again.trees) == (0, 3, 3)
     assert first.llm_calls > 0 and again.llm_calls == first.llm_calls and again.seconds == first.seconds
     assert again.mean_best_reward == first.mean_best_reward and 0.0 <= again.success_rate <= 1.0
+
+
+def test_resume_refuses_trees_of_another_configuration(tmp_path):
+    out = tmp_path / "trees"
+    run(out, limit=2)
+    other = {**OVERRIDES, "mcts.iterations": 7}
+    with pytest.raises(qcollect.MismatchedTreesError, match=r"toy_0.json was collected with other settings "
+                                                            r"\(iterations: 6 there, 7 now\)"):
+        qcollect.collect("toy", "train", config=load_config("smoke", other), out_dir=out, policy=ToyPolicy(),
+                         env_factory=make_env, limit=3)
+    with pytest.raises(qcollect.MismatchedTreesError, match="policy.model"):
+        qcollect.collect("toy", "train", config=load_config("smoke", {**OVERRIDES, "policy.model": "x.gguf"}),
+                         out_dir=out, policy=ToyPolicy(), env_factory=make_env, limit=3)
+    assert sorted(p.name for p in out.glob("*.json")) == ["toy_0.json", "toy_1.json"]  # nothing was added
+    (out / "toy_1.json").write_text('{"env": "toy", "task_id": 1, "nod')
+    with pytest.raises(qcollect.MismatchedTreesError, match="toy_1.json is not a readable tree file"):
+        run(out, limit=3)
+    (out / "toy_1.json").unlink()
+    assert run(out, limit=3)["done"] == 2  # the same configuration resumes

@@ -456,3 +456,39 @@ def test_rows_with_and_without_few_shot_examples_live_side_by_side(config, tmp_p
                 limit=1)
     assert first[0]["icl"] != other[0]["icl"]  # the second run did not resume the first one's row
     assert len(load_results(out)) == 2
+
+
+def test_task_spec_parses_ids_and_ranges():
+    from qlib.evaluate import parse_task_spec
+
+    assert parse_task_spec("0-3,7, 9 - 10,2") == [0, 1, 2, 3, 7, 9, 10]
+    for bad in ("3-1", "a", "1,,2", "-4", "1-2-3"):
+        with pytest.raises(ValueError, match="--tasks"):
+            parse_task_spec(bad)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--env", "hotpotqa", "--method", "greedy", "--tasks", "0-2,5"]).tasks == [0, 1, 2, 5]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--env", "hotpotqa", "--method", "greedy", "--tasks", "1", "--limit", "3"])
+
+
+def test_evaluate_runs_exactly_the_given_task_ids(config, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    rows = run("greedy", config, SeededPolicy("guess[1]"), limit=None, tasks=[5, 1, 6], out=out)
+    assert [r["task_id"] for r in rows] == [5, 1, 6]
+    assert [r["reward"] for r in rows] == [1.0, 1.0, 0.75]  # targets 1, 1, 2
+    with pytest.raises(ValueError, match=r"not in toy's test split .*: 8, 12"):
+        run("greedy", config, SeededPolicy("guess[1]"), limit=None, tasks=[1, 8, 12], out=out)
+    with pytest.raises(ValueError, match="either"):
+        run("greedy", config, SeededPolicy("guess[1]"), limit=2, tasks=[1], out=out)
+
+
+def test_cli_rejects_unknown_task_ids(capsys):
+    from qlib.cli import add_common
+    from qlib.evaluate import run as run_cli
+
+    parser = argparse.ArgumentParser()
+    add_common(parser)
+    add_arguments(parser)
+    args = parser.parse_args(["--profile", "smoke", "--env", "hotpotqa", "--method", "greedy", "--tasks", "98-101"])
+    assert run_cli(args) == 2 and "2 task id(s) not in hotpotqa's test split" in capsys.readouterr().err

@@ -167,6 +167,47 @@ def test_lora_scorer_equals_naive_with_adapter_disabled_reference(tok):
     assert max(abs(s) for s in fast) > 1e-3  # the adapter really changes the policy
 
 
+def episode_prompts() -> list[list[dict[str, str]]]:
+    """The prompts a Q model sees while acting: one episode step by step, the same prompt again, a second
+    episode (another question: only the head is shared), then a step long enough to be left-truncated."""
+    return ([history("is it blue?", k) for k in range(5)] + [history("is it blue?", 4)]
+            + [history("who was born first?", k) for k in range(3)] + [history("who was born first?", 9)])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_kv_cache_across_episode_steps_equals_fresh_scoring(tok, lora):
+    def make(reuse):
+        if lora:
+            return DPOQModel(random_lora(tok), tok, 0.5, max_length=400, reuse_cache=reuse)
+        return DPOQModel(tiny_llama(tok, seed=1), tok, 0.1, ref=tiny_llama(tok, seed=2), max_length=400,
+                         reuse_cache=reuse)
+
+    cached, fresh = make(True), make(False)
+    for messages in episode_prompts():
+        scores = cached.score(messages, CANDIDATES)
+        assert scores == pytest.approx(fresh.score(messages, CANDIDATES), abs=1e-4)
+        assert scores == pytest.approx(cached.score_naive(messages, CANDIDATES), abs=1e-4)
+    assert cached.encode(episode_prompts()[-1], CANDIDATES)[0].dropped_messages > 0  # the truncated step ran
+    assert fresh.reused_tokens == 0 and cached.reused_tokens > 0
+    # the tokens really run: each step's new turn and observation instead of the whole history
+    assert cached.scored_tokens + cached.reused_tokens == fresh.scored_tokens
+    assert cached.scored_tokens < 0.6 * fresh.scored_tokens
+
+
+def test_qnet_kv_cache_across_episode_steps(tiny_dir):
+    from qlib.qmodel.qnet import QNetModel, ValueHead
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    head = ValueHead(AutoModel.from_pretrained(tiny_dir).config.hidden_size, 16)
+    model = QNetModel(AutoModel.from_pretrained(tiny_dir), head, tiny_tokenizer(), max_length=400)
+    for messages in episode_prompts():
+        with torch.inference_mode():
+            fresh = model.head(model.features(messages, CANDIDATES)).tolist()
+        assert model.score(messages, CANDIDATES) == pytest.approx(fresh, abs=1e-4)
+    assert model.cache.reused_tokens > 0
+
+
 def test_hand_computed_implicit_q(tok):
     """β Σ (log πθ − log πref) with an explicit softmax over the full logits of prompt + action."""
     policy, ref, beta = tiny_llama(tok, seed=5), tiny_llama(tok, seed=6), 0.3
@@ -335,6 +376,13 @@ def test_bench_scoring_runs_on_a_tiny_model(tok):
     result = bench_scoring(tiny_llama(tok), tok, n_context=150)
     assert result["context_tokens"] >= 150 and len(result["candidate_tokens"]) == 5
     assert result["max_abs_diff_vs_naive"] < 1e-4 and result["speedup_vs_naive"] > 0
+
+
+def test_bench_episode_cache_runs_on_a_tiny_model(tok):
+    from qlib.bench.qmodel import bench_episode_cache
+
+    result = bench_episode_cache(tiny_llama(tok), tok, steps=4, step_tokens=40)
+    assert result["max_abs_diff"] < 1e-4 and result["tokens_run_ratio"] < 0.7 and result["speedup"] > 0
 
 
 def test_truncation_with_system_message_and_no_instruction_head(tok):

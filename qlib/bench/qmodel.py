@@ -3,6 +3,8 @@
 * scoring n=5 candidates (~30 tokens) after a ~1024-token context: shared-prefix KV cache vs the naive
   per-candidate forward (target ≥ 4.5× faster) and vs one forward of the context through both models
   (target ≤ 1.2×; the candidates' full-vocabulary logits put the floor near 1.17× for this shape);
+* one episode's scoring (8 steps, the history growing to ~1.5k tokens): the KV cache kept across steps
+  (:class:`~qlib.qmodel.scorer.PrefixCache`) vs re-encoding the whole history at every step;
 * DPO seconds per pair at 256 and 512 tokens, fp32 and bf16 autocast (LoRA, batch 2, a few steps).
 """
 from __future__ import annotations
@@ -76,7 +78,7 @@ def bench_scoring(model: Any, tokenizer: Any, n_context: int = 1024) -> dict[str
     from qlib.qmodel.scorer import DPOQModel
 
     ref = copy.deepcopy(model)
-    q = DPOQModel(model, tokenizer, 0.1, ref=ref, max_length=None)
+    q = DPOQModel(model, tokenizer, 0.1, ref=ref, max_length=None, reuse_cache=False)  # one step, timed again and again
     messages = context(tokenizer, n_context)
     encoded = q.encode(messages, CANDIDATES)
     prompt = torch.tensor([encoded[0].prompt_ids])
@@ -101,6 +103,46 @@ def bench_scoring(model: Any, tokenizer: Any, n_context: int = 1024) -> dict[str
         "target_speedup_met": naive_s / shared_s >= 4.5,
         "target_context_ratio_met": shared_s / context_s <= 1.2,
         "max_abs_diff_vs_naive": diff,
+    }
+
+
+def episode_histories(tokenizer: Any, steps: int, step_tokens: int) -> list[list[dict[str, str]]]:
+    """The prompts of one episode: a ~200-token head, then one (turn, observation) of ~``step_tokens`` per step."""
+    head = context(tokenizer, 200)
+    observation = " ".join((OBSERVATION.split() * 50)[: int(step_tokens * 0.6)])
+    histories = []
+    for k in range(steps):
+        histories.append(head)
+        head = head + [{"role": "assistant", "content": CANDIDATES[k % len(CANDIDATES)]},
+                       {"role": "user", "content": "Observation: " + observation}]
+    return histories
+
+
+def bench_episode_cache(model: Any, tokenizer: Any, steps: int = 8, step_tokens: int = 180) -> dict[str, Any]:
+    """Scoring every step of one episode with the KV cache kept across steps vs without (two model copies)."""
+    from qlib.qmodel.scorer import DPOQModel
+
+    ref = copy.deepcopy(model)
+    histories = episode_histories(tokenizer, steps, step_tokens)
+
+    def episode(reuse: bool) -> tuple[float, list[list[float]], int]:
+        q = DPOQModel(model, tokenizer, 0.1, ref=ref, max_length=None, reuse_cache=reuse)
+        start = time.perf_counter()
+        scores = [q.score(messages, CANDIDATES) for messages in histories]
+        return time.perf_counter() - start, scores, q.scored_tokens
+
+    with torch.inference_mode():
+        episode(True)  # warm-up
+        runs = {reuse: min((episode(reuse) for _ in range(2)), key=lambda r: r[0]) for reuse in (True, False)}
+    (cached_s, cached, cached_tokens), (fresh_s, fresh, fresh_tokens) = runs[True], runs[False]
+    return {
+        "steps": steps,
+        "final_context_tokens": len(DPOQModel(model, tokenizer, 0.1, ref=ref).encode(histories[-1], ["x"])[0].prompt_ids),
+        "cached_s": round(cached_s, 3),
+        "recomputed_s": round(fresh_s, 3),
+        "speedup": round(fresh_s / cached_s, 2),
+        "tokens_run_ratio": round(cached_tokens / fresh_tokens, 3),
+        "max_abs_diff": max(abs(a - b) for x, y in zip(cached, fresh) for a, b in zip(x, y)),
     }
 
 
@@ -165,6 +207,7 @@ def bench_qmodel(
                               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                               "bf16_supported": bf16_supported()}
     result["scoring"] = bench_scoring(model, tokenizer, n_context)
+    result["episode_cache"] = bench_episode_cache(model, tokenizer)
     result["dpo"] = [
         bench_dpo(str(smollm2_dir()), tokenizer, length, bf16)
         for length in dpo_lengths for bf16 in (False, True) if (not bf16 or result["bf16_supported"])

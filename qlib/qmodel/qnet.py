@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from qlib.config import Config
 from qlib.qmodel.format import Encoded, Message, encode
-from qlib.qmodel.scorer import model_dtype, packed_inputs, pad_right
+from qlib.qmodel.scorer import PrefixCache, model_dtype, packed_inputs, pad_right, prefill
 
 CONFIG_FILE = "qlib_config.json"
 
@@ -42,13 +42,14 @@ class ValueHead(nn.Module):
         return self.net((features - self.mean) / self.std).squeeze(-1)
 
 
-def last_hidden(backbone: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Hidden state at the last token of prompt + each completion, [n, d]; the prompt is encoded once and
-    the completions run packed against its KV cache."""
+def last_hidden(backbone: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]],
+                cache: PrefixCache | None = None) -> torch.Tensor:
+    """Hidden state at the last token of prompt + each completion, [n, d]; the prompt is encoded once (only
+    its uncached tail with a ``cache``) and the completions run packed against its KV cache."""
     device = next(backbone.parameters()).device
-    out = backbone(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
+    _, past = prefill(backbone, prompt_ids, cache)
     inputs = packed_inputs(len(prompt_ids), completions, model_dtype(backbone), device)
-    hidden = backbone(**inputs, past_key_values=out.past_key_values, use_cache=True).last_hidden_state[0]
+    hidden = backbone(**inputs, past_key_values=past, use_cache=True).last_hidden_state[0]
     ends = torch.tensor([len(c) for c in completions]).cumsum(0) - 1
     return hidden[ends.to(device)].float()
 
@@ -72,19 +73,25 @@ class QNetModel:
     def __init__(self, backbone: Any, head: ValueHead, tokenizer: Any, *, max_length: int | None = None) -> None:
         self.backbone, self.head, self.tokenizer, self.max_length = backbone.eval(), head.eval(), tokenizer, max_length
         self.path = ""  # the folder it was loaded from (set by load_q_model)
-        self.scored_tokens = 0
+        self.scored_tokens = 0  # tokens run through the backbone (uncached prompt tokens + candidate tokens)
         self.calls = 0
+        self.cache = PrefixCache()  # acting only: consecutive steps of an episode encode only what is new
 
     def encode(self, messages: Sequence[Message], completions: Sequence[str | Sequence[Message]]) -> list[Encoded]:
         return encode(self.tokenizer, messages, completions, self.max_length)
 
     @torch.inference_mode()
-    def features(self, messages: Sequence[Message], completions: Sequence[str | Sequence[Message]]) -> torch.Tensor:
-        """Backbone features of each completion after ``messages``."""
+    def features(self, messages: Sequence[Message], completions: Sequence[str | Sequence[Message]],
+                 cache: PrefixCache | None = None) -> torch.Tensor:
+        """Backbone features of each completion after ``messages`` (the prompt's KV from ``cache`` if given;
+        only for a backbone that no longer trains)."""
         encoded = self.encode(messages, completions)
         rows = [e.completion_ids for e in encoded]
-        self.scored_tokens += len(encoded[0].prompt_ids) + sum(len(r) for r in rows)
-        return last_hidden(self.backbone, encoded[0].prompt_ids, rows)
+        reused = cache.reused_tokens if cache is not None else 0
+        features = last_hidden(self.backbone, encoded[0].prompt_ids, rows, cache)
+        reused = (cache.reused_tokens - reused) if cache is not None else 0
+        self.scored_tokens += len(encoded[0].prompt_ids) - reused + sum(len(r) for r in rows)
+        return features
 
     def score(self, messages: Sequence[Message], candidates: Sequence[str]) -> list[float]:
         """Predicted Q of each candidate assistant turn."""
@@ -95,7 +102,7 @@ class QNetModel:
         if not completions:
             return []
         self.calls += 1
-        return self.head(self.features(messages, completions)).tolist()
+        return self.head(self.features(messages, completions, self.cache)).tolist()
 
 
 def row_completion(row: dict[str, Any]) -> Any:

@@ -2,7 +2,10 @@
 
 The shared context (u, τ) is encoded once per model and its KV cache is reused for all n candidates, which
 run together as one packed sequence against it (a block-diagonal causal 4D mask, per-candidate positions;
-no padding is computed). With LoRA the reference is the same network with the adapter disabled.
+no padding is computed). Across the steps of one episode the context only grows (the last chosen turn and
+its observation are appended), so each model keeps the KV cache of the context it encoded last
+(:class:`PrefixCache`) and encodes only the tokens after the longest common prefix: a step costs its new
+tokens, not the whole history. With LoRA the reference is the same network with the adapter disabled.
 """
 from __future__ import annotations
 
@@ -52,22 +55,78 @@ def model_dtype(model: Any) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
-@torch.inference_mode()
-def candidate_logits(model: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Logits predicting every completion token, [n, longest, vocab] (zero past a row's end).
+class PrefixCache:
+    """The KV cache of the last prompt one model encoded, kept for the next call.
 
-    The prompt is encoded once; all completions (minus their last token, which predicts nothing) then run
-    as one packed sequence against its KV cache.
+    :meth:`prefill` encodes only the tokens after the longest common prefix of the new prompt and the cached
+    one (the cache is cropped there first): the next step of an episode pays for the turn and observation
+    it added, another episode of the same environment still reuses the shared instruction head. Candidate
+    tokens that a caller runs against the returned cache are cropped away on the next call.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.kv: Any = None
+        self.reused_tokens = 0  # prompt tokens taken from the cache instead of recomputed
+        self.computed_tokens = 0  # prompt tokens run through the model
+
+    def prefill(self, model: Any, prompt_ids: Sequence[int], **kwargs: Any) -> tuple[Any, Any]:
+        """(model output for the prompt's new tokens, KV cache of the whole prompt)."""
+        return prefill(model, prompt_ids, self, **kwargs)
+
+    def clear(self) -> None:
+        self.ids, self.kv = [], None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    k = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        k += 1
+    return k
+
+
+def prefill(model: Any, prompt_ids: Sequence[int], cache: PrefixCache | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    """Forward ``prompt_ids`` (``kwargs`` go to the model) with ``use_cache``; (output, past_key_values).
+
+    With a :class:`PrefixCache` only the part after the cached common prefix is run (at least the last
+    token, whose output the caller needs), and the cache then holds this prompt.
     """
     device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True, logits_to_keep=1)
+    reuse = 0
+    if cache is not None and cache.kv is not None:
+        reuse = min(common_prefix(cache.ids, prompt_ids), len(prompt_ids) - 1)
+        if reuse > 0:  # drop everything after the common prefix (also the candidates run last time)
+            cache.kv.crop(-(cache.kv.get_seq_length() - reuse))
+    past = cache.kv if cache is not None and reuse > 0 else None
+    out = model(input_ids=torch.tensor([list(prompt_ids[reuse:])], device=device), past_key_values=past,
+                use_cache=True, **kwargs)
+    if cache is not None:
+        cache.ids, cache.kv = list(prompt_ids), out.past_key_values
+        cache.reused_tokens += reuse
+        cache.computed_tokens += len(prompt_ids) - reuse
+    return out, out.past_key_values
+
+
+@torch.inference_mode()
+def candidate_logits(model: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]],
+                     cache: PrefixCache | None = None) -> torch.Tensor:
+    """Logits predicting every completion token, [n, longest, vocab] (zero past a row's end).
+
+    The prompt is encoded once (only its uncached tail when ``cache`` holds a prefix of it); all completions
+    (minus their last token, which predicts nothing) then run as one packed sequence against its KV cache.
+    """
+    device = next(model.parameters()).device
+    out, past = prefill(model, prompt_ids, cache, logits_to_keep=1)
     first = out.logits[0, -1].float()
     heads = [list(c[:-1]) for c in completions]
     result = torch.zeros(len(completions), max(len(c) for c in completions), first.shape[-1], device=device)
     result[:, 0] = first
     if any(heads):
         inputs = packed_inputs(len(prompt_ids), [h for h in heads if h], model_dtype(model), device)
-        logits = model(**inputs, past_key_values=out.past_key_values, use_cache=True).logits[0].float()
+        logits = model(**inputs, past_key_values=past, use_cache=True).logits[0].float()
         offset = 0
         for i, h in enumerate(heads):
             result[i, 1:len(h) + 1] = logits[offset:offset + len(h)]
@@ -100,7 +159,7 @@ class DPOQModel:
 
     def __init__(
         self, policy: Any, tokenizer: Any, beta: float, *, ref: Any = None, max_length: int | None = None,
-        variant: str = "sum", length_normalise: bool = False, max_batch: int = 16,
+        variant: str = "sum", length_normalise: bool = False, max_batch: int = 16, reuse_cache: bool = True,
     ) -> None:
         if ref is None and not is_peft(policy):
             raise ValueError("give a reference model, or a peft policy whose disabled adapter is the reference")
@@ -112,8 +171,15 @@ class DPOQModel:
         self.max_length, self.variant, self.length_normalise, self.max_batch = max_length, variant, length_normalise, max_batch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.path = ""  # the folder it was loaded from (set by load_q_model)
-        self.scored_tokens = 0  # tokens run through each model (prompt once per call + all candidate tokens)
+        self.scored_tokens = 0  # tokens run through each model (the prompt's uncached tokens + all candidate tokens)
         self.calls = 0
+        # one KV cache per model (policy, reference): consecutive steps of an episode only encode what is new
+        self.caches = {"policy": PrefixCache(), "ref": PrefixCache()} if reuse_cache else None
+
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens per model taken from the KV cache of the previous call instead of recomputed."""
+        return self.caches["policy"].reused_tokens if self.caches else 0
 
     def reference(self) -> tuple[Any, contextlib.AbstractContextManager]:
         """(model, context) that compute the reference log-probabilities."""
@@ -142,13 +208,16 @@ class DPOQModel:
 
     def _score_batch(self, batch: Sequence[Encoded]) -> list[float]:
         prompt, rows = batch[0].prompt_ids, [e.completion_ids for e in batch]
-        policy_logits = candidate_logits(self.policy, prompt, rows)
+        caches = self.caches or {}
+        before = caches["policy"].reused_tokens if caches else 0
+        policy_logits = candidate_logits(self.policy, prompt, rows, caches.get("policy"))
         ref_model, context = self.reference()
         with context:
-            ref_logits = candidate_logits(ref_model, prompt, rows)
+            ref_logits = candidate_logits(ref_model, prompt, rows, caches.get("ref"))
         ids = pad_right(rows, self.pad_id).to(policy_logits.device)
         mask = pad_right([e.completion_mask for e in batch], 0).to(policy_logits.device)
-        self.scored_tokens += len(prompt) + sum(len(r) for r in rows)
+        reused = (caches["policy"].reused_tokens - before) if caches else 0
+        self.scored_tokens += len(prompt) - reused + sum(len(r) for r in rows)
         q = combine(policy_logits, ref_logits, ids, mask, self.beta, self.variant, self.length_normalise)
         return q.tolist()
 

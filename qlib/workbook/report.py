@@ -145,6 +145,7 @@ def write_results_readme(profile: str) -> Path:
     for notebook, timing in sorted(timings.items()):
         lines.append(f"| {notebook} | {timing.get('profile', '')} | {timing.get('executions', 1)} | "
                      f"{seconds(timing, 'cumulative_s')} | {seconds(timing, 'wall_s')} | {timing.get('commit', '')} |")
+    lines += released_artifacts(paths)
     lines += ["", "## Tables", ""]
     for name, entry in sorted(manifest.items()):
         if entry["kind"] == "table":
@@ -155,6 +156,29 @@ def write_results_readme(profile: str) -> Path:
     readme = paths.results / "README.md"
     readme.write_text("\n".join(lines) + "\n")
     return readme
+
+
+def released_artifacts(paths: Any) -> list[str]:
+    """README lines on ``results/artifacts/run`` (see :mod:`qlib.release`): files, rows, size and the compute
+    each kind of artifact holds, summed over every execution that produced it."""
+    from qlib.release import MANIFEST, release_dir
+
+    release = read_json(release_dir(paths) / MANIFEST)
+    if not release:
+        return []
+    lines = ["", "## Released artifacts", "",
+             f"`{os.path.relpath(release_dir(paths), paths.results)}/` ({MANIFEST}: sha256 of every file) — commit "
+             f"{release['commit']}, profile {release['profile']}, seed {release['seed']}, {release['created']}. "
+             "Restored into `runs/` by `make reproduce` (`python -m qlib release --restore`); *compute* is the "
+             "time stored in the artifacts themselves (trees' search seconds, episodes' wall seconds, models' "
+             "training seconds), summed over all executions.", "",
+             "| kind | files | rows | MiB | compute |", "|---|---|---|---|---|"]
+    for kind, compute in release["compute_s"].items():
+        files = [f for f in release["files"].values() if kind == "total" or f["kind"] == kind]
+        rows = sum(f["rows"] or 0 for f in files)
+        lines.append(f"| {kind} | {len(files)} | {rows} | {sum(f['bytes'] for f in files) / 2**20:.1f} | "
+                     f"{compute} s ({compute / 3600:.2f} h) |")
+    return lines
 
 
 def seconds(timing: dict[str, Any], key: str) -> str:
