@@ -86,6 +86,11 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
         tag="agent_clone", methods=("greedy", "bon"), q_model="", label="",
         overrides={"policy.model": CLONE_NAME, "policy.icl": False},
         purpose="00: the behaviour-cloned agent without few-shot examples: greedy and pass@n (bon at T=1)."),
+    "agent_sampling": EpisodeSet(
+        tag="agent_sampling_t{temperature}_p{top_p}", methods=("bon",), q_model="", label="",
+        overrides={"policy.model": CLONE_NAME, "policy.icl": False},
+        purpose="00: pass@n of the cloned agent on valid tasks at one candidate-sampling setting (temperature, "
+                "top_p): the headroom a selection method has, which chooses the sampling of q and its controls."),
 }
 
 
@@ -204,6 +209,48 @@ def clone_curve(config: Config, paths: RunPaths, *, tasks: int | Mapping[str, in
                           "reward": sum(r["reward"] for r in done) / max(len(done), 1),
                           "success": sum(r["success"] for r in done) / max(len(done), 1)})
     return pd.DataFrame(lines)
+
+
+def candidate_sampling(config: Config, paths: RunPaths, *, settings: Sequence[tuple[float, float]],
+                       tasks: int | Mapping[str, int], n: int = 5, envs: Sequence[str] | None = None,
+                       split: str = "valid") -> pd.DataFrame:
+    """pass@``n`` of the cloned agent at each candidate-sampling setting ``(temperature, top_p)`` on the first
+    ``tasks`` tasks of ``split`` (valid: the choice must not look at test tasks), beside greedy on the same
+    tasks, under the paper's step limit. One row per env and setting:
+
+    * ``pass_success`` — share of tasks where one of ``n`` sampled trajectories succeeds (bon's success);
+    * ``pass_reward`` — mean best reward of the ``n`` (bon's reward);
+    * ``sample_reward`` / ``sample_success`` — one sampled trajectory (bon's first; = the ``sampled`` agent);
+    * ``headroom`` — ``pass_success`` minus greedy success: what an ideal selector could add.
+    """
+    lines = []
+    for env_name in envs or env_names():
+        run_config, limit = paper_step_limit(config, env_name), per_env(tasks, env_name)
+        greedy = [r for r in run_episodes(run_config, paths, env_name, "agent_clone", ["greedy"], limit=limit,
+                                          split=split) if "error" not in r]
+        base = {"env": env_name, "split": split, "n": 1, "tasks": len(greedy)}
+        greedy_success = mean(r["success"] for r in greedy)
+        lines.append({**base, "temperature": 0.0, "top_p": 1.0, "pass_success": greedy_success,
+                      "pass_reward": mean(r["reward"] for r in greedy), "sample_success": greedy_success,
+                      "sample_reward": mean(r["reward"] for r in greedy), "headroom": 0.0})
+        for temperature, top_p in settings:
+            overrides = {**EPISODE_SETS["agent_sampling"].overrides, "policy.temperature": temperature,
+                         "policy.top_p": top_p}
+            rows = [r for r in run_episodes(run_config, paths, env_name, "agent_sampling", n=n, limit=limit,
+                                            split=split, overrides=overrides, temperature=temperature, top_p=top_p)
+                    if "error" not in r]
+            first = [r["bon_rewards"][0] for r in rows]
+            lines.append({**base, "n": n, "tasks": len(rows), "temperature": temperature, "top_p": top_p,
+                          "pass_success": mean(r["success"] for r in rows), "pass_reward": mean(r["reward"] for r in rows),
+                          "sample_success": mean(x >= 1.0 for x in first), "sample_reward": mean(first),
+                          "headroom": mean(r["success"] for r in rows) - greedy_success})
+    return pd.DataFrame(lines).round(3)
+
+
+def mean(values: Iterable[float]) -> float:
+    """Mean of ``values`` (nan when empty)."""
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def agent_label(row: dict[str, Any]) -> str:

@@ -67,7 +67,7 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
 # today's episode file tags: existing runs/<profile>/episodes/<tag>_<env>.jsonl must resume
 TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "trajectory_q": "table3_trajectory",
                "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
-               "agent_curve": "agent_curve_12"}
+               "agent_curve": "agent_curve_12", "agent_sampling": "agent_sampling_t0.7_p0.9"}
 
 
 def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
@@ -78,11 +78,12 @@ def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
     assert set(ex.EPISODE_SETS) == set(TODAYS_TAGS)
     assert len({s.tag for s in ex.EPISODE_SETS.values()}) == len(ex.EPISODE_SETS)
     for name, tag in TODAYS_TAGS.items():
-        assert paths.episode_set(name, "env", pairs=12, demos=12) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
+        assert paths.episode_set(name, "env", pairs=12, demos=12, temperature=0.7, top_p=0.9) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
     # the Q model labels are part of the rows' resume fingerprint: today's values
     labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
     assert labels == {"test_methods": "step", "second_policy": "step", "trajectory_q": "trajectory",
-                      "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": ""}
+                      "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": "",
+                      "agent_sampling": ""}
     assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"
     assert dict(ex.EPISODE_SETS["second_policy"].overrides) == {"policy.prompt": "reflection"}
 
@@ -144,3 +145,33 @@ def test_agent_table_labels_agents_and_pass_at_n():
     assert list(table["method"]) == ["smollm2-135m few-shot greedy", "cloned greedy", "cloned pass@5"]
     assert list(table["reward"]) == [0.25, 0.5, 1.0] and list(table["success"]) == [0.0, 0.5, 1.0]
     assert list(table["valid_actions"]) == [0.75, 1.0, 1.0] and set(table["tasks"]) == {2}
+
+
+def test_candidate_sampling_table_from_bon_rows(monkeypatch):
+    """pass@n, the first sample and the headroom over greedy, per setting; each setting its own file."""
+    from qlib.config import load_config
+
+    calls = []
+
+    def fake_run(config, paths, env, set_name, methods=None, *, n=None, limit=None, split="test", overrides=None, **kw):
+        calls.append((env, set_name, methods, n, limit, split, dict(overrides or {}), kw))
+        if set_name == "agent_clone":  # greedy: 1 success of 4
+            return [{"reward": r, "success": r == 1.0} for r in (1.0, 0.0, 0.5, 0.5)]
+        temperature = overrides["policy.temperature"]
+        firsts = [1.0, 0.0, 0.0, 0.5] if temperature == 1.0 else [0.0] * 4
+        return [{"reward": max(f, 1.0 if temperature == 1.0 and i < 3 else 0.2), "success": temperature == 1.0 and i < 3,
+                 "bon_rewards": [f, 0.2]} for i, f in enumerate(firsts)] + [{"error": "boom"}]
+
+    monkeypatch.setattr(ex, "run_episodes", fake_run)
+    table = ex.candidate_sampling(load_config("smoke"), None, settings=[(1.0, 1.0), (0.5, 0.9)],
+                                  tasks={"webshop": 4}, envs=["webshop"])
+    assert [c[:6] for c in calls] == [("webshop", "agent_clone", ["greedy"], None, 4, "valid"),
+                                      ("webshop", "agent_sampling", None, 5, 4, "valid"),
+                                      ("webshop", "agent_sampling", None, 5, 4, "valid")]
+    assert calls[2][6] == {"policy.model": "smollm2-135m-bc", "policy.icl": False, "policy.temperature": 0.5,
+                           "policy.top_p": 0.9} and calls[2][7] == {"temperature": 0.5, "top_p": 0.9}
+    assert table.to_dict("list") == {
+        "env": ["webshop"] * 3, "split": ["valid"] * 3, "n": [1, 5, 5], "tasks": [4, 4, 4],
+        "temperature": [0.0, 1.0, 0.5], "top_p": [1.0, 1.0, 0.9], "pass_success": [0.25, 0.75, 0.0],
+        "pass_reward": [0.5, 0.875, 0.2], "sample_success": [0.25, 0.25, 0.0], "sample_reward": [0.5, 0.375, 0.0],
+        "headroom": [0.0, 0.5, -0.25]}
