@@ -129,3 +129,15 @@ def test_cli_release_and_restore(run_dir, tmp_path, monkeypatch, capsys):
     assert qrelease.run(parser.parse_args(["--profile", "cpu", "--set", "seed=5", "--verify"])) == 0
     assert qrelease.run(parser.parse_args(["--profile", "cpu", "--set", "seed=7", "--restore"])) == 2
     assert "seed 5" in capsys.readouterr().err
+
+
+def test_results_readme_lists_released_artifacts_with_their_compute(run_dir):
+    from qlib.workbook.report import released_artifacts
+
+    release(run_dir, commit="abc1234", seed=5, max_model_mb=1)
+    text = "\n".join(released_artifacts(run_dir))
+    assert "commit abc1234, profile cpu, seed 5" in text
+    assert "| episodes/table2_toy.jsonl | 4 | 0.00 | 10 s (0.00 h) |" in text
+    assert "| qmodels/toy_step/ |  | 0.00 | 42 s (0.01 h) |" in text
+    assert "| **total of run/** (6 files) |" in text
+    assert released_artifacts(paths_at(run_dir.runs.parent / "empty")) == []

@@ -172,13 +172,29 @@ def released_artifacts(paths: Any) -> list[str]:
              "Restored into `runs/` by `make reproduce` (`python -m qlib release --restore`); *compute* is the "
              "time stored in the artifacts themselves (trees' search seconds, episodes' wall seconds, models' "
              "training seconds), summed over all executions.", "",
-             "| kind | files | rows | MiB | compute |", "|---|---|---|---|---|"]
-    for kind, compute in release["compute_s"].items():
-        files = [f for f in release["files"].values() if kind == "total" or f["kind"] == kind]
-        rows = sum(f["rows"] or 0 for f in files)
-        lines.append(f"| {kind} | {len(files)} | {rows} | {sum(f['bytes'] for f in files) / 2**20:.1f} | "
-                     f"{compute} s ({compute / 3600:.2f} h) |")
+             "| artifact | rows | MiB | compute |", "|---|---|---|---|"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rel, entry in sorted(release["files"].items()):  # a Q model's files count as one artifact
+        name = "/".join(rel.split("/")[:2]) + "/" if rel.startswith("qmodels/") else rel
+        groups.setdefault(name, []).append(entry)
+    for name, entries in groups.items():
+        rows = sum(e["rows"] or 0 for e in entries)
+        lines.append(f"| {name} | {rows or ''} | {sum(e['bytes'] for e in entries) / 2**20:.2f} | "
+                     f"{compute_text(sum(e['compute_s'] for e in entries))} |")
+    for clone in sorted(p for p in (paths.artifacts / "clones").glob("*") if (p / "qlib_config.json").is_file()):
+        size = sum(f.stat().st_size for f in clone.rglob("*") if f.is_file())
+        trained = read_json(clone / "qlib_config.json").get("train_seconds") or 0.0
+        lines.append(f"| ../clones/{clone.name}/ (cloned agent, bf16 LoRA adapter) | | {size / 2**20:.2f} | "
+                     f"{compute_text(trained)} |")
+    lines.append(f"| **total of run/** ({len(release['files'])} files) | | "
+                 f"{sum(e['bytes'] for e in release['files'].values()) / 2**20:.2f} | "
+                 f"{compute_text(release['compute_s']['total'])} |")
     return lines
+
+
+def compute_text(seconds_: float) -> str:
+    """``"5400 s (1.50 h)"``; empty for artifacts that store no compute."""
+    return f"{seconds_:.0f} s ({seconds_ / 3600:.2f} h)" if seconds_ else ""
 
 
 def seconds(timing: dict[str, Any], key: str) -> str:
