@@ -466,13 +466,15 @@ def summary_of(rows: list[dict[str, Any]], config: Config) -> pd.DataFrame:
 
 
 def results_table(rows: list[dict[str, Any]], config: Config, *, baseline: str = "q",
-                  others: Sequence[str] = ("greedy", "sampled", "bon", "random_pick")) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary with bootstrap CIs, paired differences ``baseline − other``) over all envs in ``rows``."""
+                  others: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary with bootstrap CIs, paired differences ``baseline − other``) over all envs in ``rows``;
+    ``others`` defaults to every other method present, in :data:`qlib.episodes.METHODS` order."""
+    from qlib.episodes import METHODS
     from qlib.stats import paired_differences
 
     summary = summary_of(rows, config)
     present = {r["method"] for r in rows}
-    wanted = [m for m in others if m in present]
+    wanted = [m for m in (others or METHODS) if m in present and m != baseline]
     if baseline in present and wanted:
         diffs = paired_differences(rows, baseline=baseline, others=wanted,
                                    resamples=config.eval.bootstrap_resamples, seed=config.seed)

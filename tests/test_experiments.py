@@ -175,3 +175,15 @@ def test_candidate_sampling_table_from_bon_rows(monkeypatch):
         "temperature": [0.0, 1.0, 0.5], "top_p": [1.0, 1.0, 0.9], "pass_success": [0.25, 0.75, 0.0],
         "pass_reward": [0.5, 0.875, 0.2], "sample_success": [0.25, 0.25, 0.0], "sample_reward": [0.5, 0.375, 0.0],
         "headroom": [0.0, 0.5, -0.25]}
+
+
+def test_results_table_pairs_q_with_every_other_method():
+    from qlib.config import load_config
+
+    rows = [{"env": "webshop", "split": "test", "task_id": t, "method": m, "n": 5, "reward": r, "success": r == 1.0}
+            for t in range(3) for m, r in (("q", 1.0), ("greedy", 0.0), ("logprob_pick", 0.5), ("qnet", 0.5),
+                                            ("random_pick", 0.0))]
+    summary, paired = ex.results_table(rows, load_config("smoke", {"eval.bootstrap_resamples": 50}))
+    assert list(paired["other"]) == ["greedy", "qnet", "random_pick", "logprob_pick"]  # METHODS order
+    assert list(paired["reward_diff"]) == [1.0, 0.5, 1.0, 0.5]
+    assert list(ex.results_table(rows, load_config("smoke"), others=("greedy",))[1]["other"]) == ["greedy"]
