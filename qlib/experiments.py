@@ -69,6 +69,11 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
         overrides={"policy.prompt": "reflection"},
         purpose="04: the step-level Q model guiding a second policy (offline: the reflection prompt). "
                 "Reused by 08 as its ReAct + Reflection rows."),
+    "base_agent_transfer": EpisodeSet(
+        tag="transfer_base", methods=("sampled", "q"), q_model="step", label="step",
+        overrides={"policy.model": EMBEDDED_NAME, "policy.icl": True},
+        purpose="04: the step-level Q model (trained on the profile's agent's trees) guiding the embedded base "
+                "agent with the few-shot prompt: transfer to a weaker policy."),
     "trajectory_q": EpisodeSet(
         tag="table3_trajectory", methods=("q",), q_model="trajectory", label="trajectory",
         purpose="05: Q-guided acting with the trajectory-level Q model at each n (Table 3)."),
@@ -506,15 +511,15 @@ def table2(config: Config, paths: RunPaths, methods: Sequence[str] | None = None
     return summary.merge(oracle_ceilings(config), on="env", how="left"), paired
 
 
-def transfer_table(config: Config, paths: RunPaths, *, label: str,
-                   overrides: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Notebook 04: the policy alone (``sampled``) vs guided by the step Q model (``q``), for a second policy.
+def transfer_table(config: Config, paths: RunPaths, *, label: str, overrides: Mapping[str, Any] | None = None,
+                   set_name: str = "second_policy") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Notebook 04: the policy alone (``sampled``) vs guided by the step Q model (``q``), for another policy.
 
-    The policy is the set ``second_policy``'s (or ``overrides``), named ``label`` in the table.
+    The policy is the episode set ``set_name``'s (or ``overrides``), named ``label`` in the table.
     """
     rows = []
     for env in env_names():
-        rows += run_episodes(config, paths, env, "second_policy", overrides=overrides)
+        rows += run_episodes(config, paths, env, set_name, overrides=overrides)
     summary, paired = results_table(rows, config, others=("sampled",))
     summary.insert(0, "policy", label)
     return summary, paired

@@ -65,7 +65,7 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
 
 
 # today's episode file tags: existing runs/<profile>/episodes/<tag>_<env>.jsonl must resume
-TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "trajectory_q": "table3_trajectory",
+TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "base_agent_transfer": "transfer_base", "trajectory_q": "table3_trajectory",
                "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
                "agent_curve": "agent_curve_12", "agent_sampling": "agent_sampling_t0.7_p0.9"}
 
@@ -81,7 +81,7 @@ def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
         assert paths.episode_set(name, "env", pairs=12, demos=12, temperature=0.7, top_p=0.9) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
     # the Q model labels are part of the rows' resume fingerprint: today's values
     labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
-    assert labels == {"test_methods": "step", "second_policy": "step", "trajectory_q": "trajectory",
+    assert labels == {"test_methods": "step", "second_policy": "step", "base_agent_transfer": "step", "trajectory_q": "trajectory",
                       "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": "",
                       "agent_sampling": ""}
     assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"

@@ -161,7 +161,8 @@ def test_saved_names_and_captions_are_kept():
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("save_table", "save_figure"):
                     saved.setdefault(node.args[1].value, path.stem)
     manifest = json.loads((workbook.REPO_ROOT / "results" / "manifest.json").read_text())
-    assert {name: entry["notebook"] for name, entry in manifest.items()} == saved
+    # every committed artifact is still saved, by the same notebook (a new one appears at the notebook's next run)
+    assert {name: entry["notebook"] for name, entry in manifest.items()}.items() <= saved.items()
     sources = "".join(c.source for p in workbook.notebooks() for c in code_cells(p))
     for entry in manifest.values():  # a caption that starts with the environment is an f-string
         assert entry["caption"].split(": ", 1)[-1] in sources, entry["caption"]
