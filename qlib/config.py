@@ -170,6 +170,9 @@ class DPOConfig(Section):
     """Step-level DPO training of the Q-value model (paper Table 5)."""
 
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the reference KL)")
+    init: Literal["base", "agent"] = Field(
+        "base", description="starting weights (and DPO reference) of the Q model: the embedded base model, or "
+        "the profile's agent (the behaviour-cloned model, merged; the base when the agent is the base)")
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warmup")
     lr_scheduler: Literal["constant_with_warmup", "linear", "cosine"] = Field(

@@ -398,7 +398,10 @@ def train_q_models(config: Config, paths: RunPaths, *, envs: Sequence[str] | Non
                 rows.append({"env": env_name, "model": level, "kind": kind, "rows": 0, "trained": False})
                 continue
             if not (out / "qlib_config.json").exists():
-                (train_dpo if kind == "dpo" else train_qnet)(pairs, out, config)
+                if kind == "dpo":
+                    train_dpo(pairs, out, config, model_path=q_model_init(config, env_name))
+                else:
+                    train_qnet(pairs, out, config)
             rows.append({"env": env_name, "model": level, "kind": kind, "rows": n_rows, "trained": True,
                          "path": str(out)})
     return pd.DataFrame(rows)
@@ -566,8 +569,20 @@ def q_model_on_pairs(config: Config, paths: RunPaths, env: str, size: int) -> An
     full = size >= count_rows(pairs_file)
     out = paths.qmodel(env, "step" if full else EPISODE_SETS["pair_subset"].q_model.format(pairs=size))
     if not (out / "qlib_config.json").exists():
-        train_dpo(pairs_file, out, with_overrides(config, {"dpo.max_pairs": size}))
+        train_dpo(pairs_file, out, with_overrides(config, {"dpo.max_pairs": size}), model_path=q_model_init(config, env))
     return load_q_model(out)
+
+
+def q_model_init(config: Config, env_name: str) -> Path | None:
+    """The folder a step/trajectory Q model of ``env_name`` starts from (``dpo.init``): None = the embedded
+    base model; with ``agent`` and the behaviour-cloned agent, its merged weights."""
+    if config.dpo.init == "base" or config.policy.model == EMBEDDED_NAME:
+        return None
+    if config.policy.model != CLONE_NAME:
+        raise ValueError(f"dpo.init='agent' needs the embedded or the behaviour-cloned agent, not {config.policy.model!r}")
+    from qlib.export import clone_dir_for, merged_dir
+
+    return merged_dir(clone_dir_for(config.policy, env_name))
 
 
 def pairs_ablation(config: Config, paths: RunPaths, fractions: Sequence[float], *, env: str | None = None,

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from qlib import experiments as ex
+from qlib.config import with_overrides
 from qlib.envs.hotpotqa.env import HotPotQAEnv
 
 
@@ -187,3 +189,23 @@ def test_results_table_pairs_q_with_every_other_method():
     assert list(paired["other"]) == ["greedy", "qnet", "random_pick", "logprob_pick"]  # METHODS order
     assert list(paired["reward_diff"]) == [1.0, 0.5, 1.0, 0.5]
     assert list(ex.results_table(rows, load_config("smoke"), others=("greedy",))[1]["other"]) == ["greedy"]
+
+
+def test_q_model_init_from_the_agent(tmp_path, monkeypatch):
+    from qlib.config import load_config
+    from qlib.qmodel.dpo import resolve_base
+    from qlib.workbook.layout import REPO_ROOT
+
+    monkeypatch.setattr("qlib.export.merged_dir", lambda clone: Path(clone) / "merged")
+    monkeypatch.setattr("qlib.export.clone_dir_for", lambda policy, env: Path(policy.clones) / env)
+    cloned = load_config("cpu", {"policy.clones": str(tmp_path)})
+    assert ex.q_model_init(cloned, "webshop") is None  # default: the embedded base model
+    assert ex.q_model_init(with_overrides(cloned, {"dpo.init": "agent"}), "webshop") == tmp_path / "webshop" / "merged"
+    base_agent = load_config("smoke", {"dpo.init": "agent"})
+    assert ex.q_model_init(base_agent, "webshop") is None  # the agent is the base model
+    with pytest.raises(ValueError, match="dpo.init='agent'"):
+        ex.q_model_init(with_overrides(base_agent, {"policy.model": "/x/model.gguf"}), "webshop")
+    # a base inside the repository is recorded relative to it and found again from that name
+    inside = REPO_ROOT / "qlib"
+    assert resolve_base(inside) == ("qlib", str(inside)) and resolve_base("qlib") == ("qlib", str(inside))
+    assert resolve_base(tmp_path) == (str(tmp_path), str(tmp_path))

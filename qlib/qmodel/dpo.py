@@ -44,13 +44,22 @@ def bf16_supported() -> bool:
 
 
 def resolve_base(model_path: str | Path | None) -> tuple[str, str]:
-    """(name to record, folder to load) of the backbone; ``None`` = the embedded SmolLM2-135M."""
+    """(name to record, folder to load) of the backbone; ``None`` = the embedded SmolLM2-135M.
+
+    A folder inside the repository (e.g. a merged clone under ``runs/``) is recorded relative to it, so a
+    released Q model still finds its base in another checkout."""
+    from qlib.workbook.layout import REPO_ROOT
+
     if model_path is None or str(model_path) == EMBEDDED_BASE:
         from qlib.provision import smollm2_dir
 
         return EMBEDDED_BASE, str(smollm2_dir())
-    path = str(Path(model_path).expanduser().resolve())
-    return path, path
+    path = Path(model_path).expanduser()
+    if not path.is_absolute() and (REPO_ROOT / path).exists():  # a recorded repository-relative name
+        path = REPO_ROOT / path
+    path = path.resolve()
+    name = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+    return name, str(path)
 
 
 def load_rows(path: str | Path, max_pairs: int = 0) -> list[dict[str, Any]]:
