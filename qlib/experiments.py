@@ -663,6 +663,38 @@ def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] | None = None,
     return pd.DataFrame(rows)
 
 
+def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
+                      envs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Notebook 03: does the step Q model learn better from the base model or from the agent (``dpo.init``)?
+
+    Both starts are trained on the same first ``max_pairs`` step pairs (0 = all) as models
+    ``step_init_<init>_<k>pairs`` and scored on the held-out in-distribution (valid) and out-of-distribution
+    pairs. Environments whose agent is the base model (nothing to compare) are left out."""
+    from qlib.qmodel import load_q_model, preference_accuracy, train_dpo
+
+    rows = []
+    for env_name in envs or env_names():
+        pairs_file = paths.pairs(env_name, "step")
+        total = count_rows(pairs_file)
+        agent_start = q_model_init(with_overrides(config, {"dpo.init": "agent"}), env_name) if total else None
+        if agent_start is None:
+            continue
+        k = min(max_pairs or total, total)
+        for init, start in (("base", None), ("agent", agent_start)):
+            out = paths.qmodel(env_name, f"step_init_{init}_{k}pairs")
+            if not (out / "qlib_config.json").exists():
+                train_dpo(pairs_file, out, with_overrides(config, {"dpo.max_pairs": k}), model_path=start)
+            q_model = load_q_model(out)
+            for split, label in (("valid", "in-distribution"), ("valid_ood", "out-of-distribution")):
+                held_out = paths.pairs(env_name, "step", split)
+                if count_rows(held_out):
+                    result = preference_accuracy(q_model, held_out)
+                    rows.append({"env": env_name, "init": init, "train_pairs": k, "set": label,
+                                 "accuracy": result["accuracy"], "pairs": result["n"],
+                                 "mean_margin": result["mean_margin"], "default": init == config.dpo.init})
+    return pd.DataFrame(rows)
+
+
 def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str, *, variant: str = "react",
                          max_actions: int = 200) -> pd.DataFrame:
     """Fig 4b: Q of each executed action, labelled by whether its episode succeeded."""

@@ -209,3 +209,32 @@ def test_q_model_init_from_the_agent(tmp_path, monkeypatch):
     inside = REPO_ROOT / "qlib"
     assert resolve_base(inside) == ("qlib", str(inside)) and resolve_base("qlib") == ("qlib", str(inside))
     assert resolve_base(tmp_path) == (str(tmp_path), str(tmp_path))
+
+
+def test_q_init_comparison_trains_both_starts_on_the_same_pairs(tmp_path, monkeypatch):
+    from qlib.config import load_config
+    from qlib.io import write_jsonl
+    from qlib.workbook.layout import RunPaths
+
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures").create()
+    write_jsonl([{"i": i} for i in range(10)], paths.pairs("webshop", "step"))
+    write_jsonl([{"i": i} for i in range(4)], paths.pairs("webshop", "step", "valid"))
+    trained = []
+
+    def fake_train(pairs, out, config, model_path=None):
+        trained.append((out.name, config.dpo.max_pairs, model_path))
+        out.mkdir(parents=True)
+        (out / "qlib_config.json").write_text("{}")
+
+    monkeypatch.setattr("qlib.qmodel.train_dpo", fake_train)
+    monkeypatch.setattr("qlib.qmodel.load_q_model", lambda out: out.name)
+    monkeypatch.setattr("qlib.qmodel.preference_accuracy",
+                        lambda q, pairs: {"accuracy": 0.75 if "agent" in q else 0.5, "n": 4, "mean_margin": 0.1})
+    monkeypatch.setattr(ex, "q_model_init", lambda config, env: Path("merged") if env == "webshop" else None)
+    table = ex.q_init_comparison(load_config("cpu"), paths, max_pairs=6)
+    assert trained == [("webshop_step_init_base_6pairs", 6, None), ("webshop_step_init_agent_6pairs", 6, Path("merged"))]
+    assert table[["env", "init", "set", "accuracy", "pairs", "default"]].to_dict("list") == {
+        "env": ["webshop", "webshop"], "init": ["base", "agent"], "set": ["in-distribution"] * 2,
+        "accuracy": [0.5, 0.75], "pairs": [4, 4], "default": [True, False]}
+    ex.q_init_comparison(load_config("cpu"), paths, max_pairs=6)
+    assert len(trained) == 2  # trained models are reused
