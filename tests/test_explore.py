@@ -164,7 +164,7 @@ def test_q_explorer_from_the_stored_q_of_executed_actions(run):
     both = xp.action_q(run[1]["episodes"].parent, scored=extra)
     assert len(both) == len(frame) + 1 and "sampled" in set(both.method)
     static = xp.q_explorer(both, interactive=False)
-    assert static.html.count("<img") == 1 and "data:image/png;base64," in static.html
+    assert static.html.count("<img") == 2 and "data:image/png;base64," in static.html  # one per method
     widget = xp.q_explorer(both, interactive=True)
     assert [c.description for c in widget.children[:4]] == ["env", "method", "split", "bins"]
 

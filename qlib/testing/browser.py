@@ -125,13 +125,19 @@ class Chromium:
             raise RuntimeError(f"JavaScript error in {expression!r}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def click(self, selector: str) -> None:
-        """Scroll the first element matching ``selector`` into view and click its centre with the mouse."""
+    def scroll_to(self, selector: str) -> list[float]:
+        """Scroll the first element matching ``selector`` to the middle of the viewport; return a point on it
+        (near its left end, where a summary's marker and text are)."""
         box = self.eval(f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
             if (!el) return null; el.scrollIntoView({{block: "center"}});
             const r = el.getBoundingClientRect(); return [r.left + Math.min(r.width / 2, 40), r.top + r.height / 2]; }})()""")
         if box is None:
             raise LookupError(f"no element matches {selector!r}")
+        return box
+
+    def click(self, selector: str) -> None:
+        """Scroll the first element matching ``selector`` into view and click it with the mouse."""
+        box = self.scroll_to(selector)
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 

@@ -404,15 +404,16 @@ def _figure_html(fig: Any) -> str:
     return f'<img alt="Q histogram" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def q_explorer(frame: Any, *, bins: int = 20, interactive: bool | None = None) -> Any:
+def q_explorer(frame: Any, *, bins: int = 20, interactive: bool | None = None, max_static: int = 8) -> Any:
     """Fig. 4b's distributions with a choice of environment, method, split and bins (ipywidgets);
-    headless, a static view of each environment's histogram over all methods and splits."""
+    headless, a static histogram per environment and method (the first ``max_static``), all splits."""
     if frame is None or not len(frame):
         return message("No Q values of executed actions yet: they come with the Q-guided episodes (notebook 04).")
     envs = sorted(frame.env.unique())
     if not (interactive_default() if interactive is None else interactive):
+        groups = sorted(frame.groupby(["env", "method"]).groups)[:max_static]
         return View('<div class="qx-q"><h3>Q of executed actions, successful vs failed episodes</h3>'
-                    + "".join(_figure_html(q_histogram(frame, env=e, bins=bins)) for e in envs) + "</div>")
+                    + "".join(_figure_html(q_histogram(frame, env=e, method=m, bins=bins)) for e, m in groups) + "</div>")
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
