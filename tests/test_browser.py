@@ -106,4 +106,6 @@ def test_exported_notebook_shows_the_tree_and_a_click_unfolds_a_node(export):
         assert browser.eval("document.querySelectorAll('.qx-episode .qx-step').length") == len(row["trajectory"])
         assert browser.eval("document.querySelectorAll('.qx-episode tr.qx-picked').length") == len(row["trajectory"])
         assert browser.eval("document.querySelector('.qx-q img').naturalWidth") > 100
+        browser.scroll_to(".qx-episode")
+        keep(browser.screenshot(page.with_name("09_episode.png")))
         keep(browser.screenshot(page.with_name("09_inspect_page.png"), full_page=True))

@@ -169,10 +169,26 @@ def test_q_explorer_from_the_stored_q_of_executed_actions(run):
     assert [c.description for c in widget.children[:4]] == ["env", "method", "split", "bins"]
 
 
-def test_default_env_is_one_with_trees(tmp_path):
+def test_default_env_is_one_with_pairs_else_with_trees(tmp_path):
     from qlib.envs.registry import env_names
 
     paths = RunPaths("smoke", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
-    assert xp.default_env(paths) == env_names()[0]
-    paths.trees(env_names()[-1], "train").mkdir(parents=True)
-    assert xp.default_env(paths) == env_names()[-1]
+    first, last = env_names()[0], env_names()[-1]
+    assert xp.default_env(paths) == first
+    paths.trees(last, "train").mkdir(parents=True)
+    assert xp.default_env(paths) == last
+    paths.pairs(first, "step").parent.mkdir(parents=True)
+    paths.pairs(first, "step").write_text("")  # no pairs: still the one with trees
+    assert xp.default_env(paths) == last
+    paths.trees(first, "train").mkdir(parents=True)
+    paths.pairs(first, "step").write_text("{}\n")
+    assert xp.default_env(paths) == first
+
+
+@pytest.mark.parametrize("text, action, thought", [
+    ("Thought: I try door a.\nAction: go[a]", "go[a]", "I try door a."),
+    ("Thought 2: search it. Action 2: search[x]", "search[x]", "search it."),
+    ("go[a]", "go[a]", ""),
+])
+def test_thought_column_strips_the_turn_labels(text, action, thought):
+    assert xp.thought_of({"text": text, "action": action}) == thought

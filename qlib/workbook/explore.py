@@ -23,6 +23,7 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -160,7 +161,7 @@ def _node_summary(node: Mapping[str, Any], marks: Sequence[tuple[str, int, int]]
 
 def tree_view(tree: Mapping[str, Any] | str | os.PathLike | None,
               pairs: str | os.PathLike | Iterable[Mapping[str, Any]] | None = None, *,
-              obs_chars: int = 300) -> View:
+              obs_chars: int = 500) -> View:
     """One MCTS tree as collapsible nodes; the best trajectory highlighted and open, pair nodes marked.
 
     ``tree``: a tree file (``runs/<profile>/trees/…/<env>_<task>.json``) or its dict; ``pairs``: a pairs JSONL
@@ -224,11 +225,14 @@ def pairs_table(tree: Mapping[str, Any] | str | os.PathLike | None,
 
 
 def default_env(paths: Any) -> str:
-    """The first registered environment with train trees in this run (else the first one)."""
+    """The first registered environment with step pairs in this run, else with train trees, else the first."""
     from qlib.envs.registry import env_names
 
-    names = env_names()
-    return next((name for name in names if paths.trees(name, "train").is_dir()), names[0])
+    def rank(name: str) -> tuple[bool, bool]:
+        pairs = paths.pairs(name, "step")
+        return not (pairs.is_file() and pairs.stat().st_size > 0), not paths.trees(name, "train").is_dir()
+
+    return min(env_names(), key=rank)  # min is stable: registration order among equals
 
 
 def find_tree(trees_dir: str | os.PathLike, task_id: Any = None, *, pairs: str | os.PathLike | None = None) -> Path | None:
@@ -249,6 +253,15 @@ def _candidates(step: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
     return [{k: step.get(k) for k in ("text", "action", "valid", "logprob")} | {"count": 1, "q": None}], 0
 
 
+def thought_of(candidate: Mapping[str, Any]) -> str:
+    """The thought of a candidate's canonical turn: its text before the action, without the turn's labels
+    (``Thought: … Action:``, whatever the environment's separator)."""
+    text, action = candidate.get("text") or "", candidate.get("action") or ""
+    head = text[: text.rfind(action)] if action and action in text else candidate.get("thought") or ""
+    head = re.sub(r"^\s*\w+(?: \d+)?:\s*", "", head)
+    return re.sub(r"\s*\w+(?: \d+)?:\s*$", "", head).strip()
+
+
 def step_html(row: Mapping[str, Any], t: int, *, obs_chars: int = 600) -> str:
     """Step ``t`` (0-based) of an episode row: candidates table, the executed one, what followed."""
     step = row["trajectory"][t]
@@ -259,14 +272,14 @@ def step_html(row: Mapping[str, Any], t: int, *, obs_chars: int = 600) -> str:
         lines.append(f'<tr class="{"qx-picked" if i == picked else ""}" data-cand="{i}"><td>{mark}</td>'
                      f'<td><code>{_e(c.get("action"))}</code></td><td>{_num(c.get("q"), 4)}</td>'
                      f'<td>{_num(c.get("logprob"), 2)}</td><td>{_num(c.get("count"))}</td>'
+                     f'<td class="qx-thought">{_e(excerpt(thought_of(c), 160))}</td>'
                      f'<td>{"" if c.get("valid", True) else "unparsed"}</td></tr>')
     done = " · episode ends" if step.get("done") else ""
     return (f'<div class="qx-step" data-step="{t}"><b>Step {t + 1} of {len(row["trajectory"])}</b> · '
             f'{len(cands)} distinct candidate{"s" if len(cands) != 1 else ""}'
-            '<table class="qx-cands"><tr><th></th><th>action</th><th>Q</th><th>log-prob</th><th>×</th><th></th></tr>'
-            + "".join(lines) + "</table>"
-            + (f'<div class="qx-thought">{_e(excerpt(step.get("thought"), obs_chars))}</div>' if step.get("thought") else "")
-            + f'<div>→ observation (reward {_num(step.get("reward"))}{done}):</div>'
+            '<table class="qx-cands"><tr><th></th><th>action</th><th>Q</th><th>log-prob</th><th>×</th><th>thought</th>'
+            '<th></th></tr>' + "".join(lines) + "</table>"
+            + f'<div>→ observation after ▶ (reward {_num(step.get("reward"))}{done}):</div>'
             f'<pre class="qx-obs">{_e(excerpt(step.get("observation"), obs_chars))}</pre></div>')
 
 
