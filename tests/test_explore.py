@@ -146,6 +146,14 @@ def test_show_episode_is_a_slider_in_a_kernel_and_static_headless(run, monkeypat
     assert slider.max == len(row["trajectory"]) and 'data-step="0"' in body.value
     slider.value = slider.max
     assert f'data-step="{slider.max - 1}"' in body.value
+    rows = xp.episode_rows(run[1]["episodes"])
+    chooser, header, slider, body = xp.show_episode(row, interactive=True, rows=rows).children
+    assert len(chooser.options) == len(rows) and rows[chooser.value]["task_id"] == row["task_id"]
+    other = next(k for k, r in enumerate(rows) if len(r["trajectory"]) != len(row["trajectory"]))
+    slider.value = 2
+    chooser.value = other
+    assert slider.value == 1 and slider.max == len(rows[other]["trajectory"])
+    assert f"task {rows[other]['task_id']} · {rows[other]['method']}" in header.value and 'data-step="0"' in body.value
     monkeypatch.setenv("QLIB_HEADLESS", "1")
     assert not xp.interactive_default() and isinstance(xp.show_episode(row), xp.View)
 

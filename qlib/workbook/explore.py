@@ -316,22 +316,35 @@ def interactive_default() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def show_episode(row: Mapping[str, Any] | None, *, interactive: bool | None = None, obs_chars: int = 600) -> Any:
-    """In JupyterLab a step slider over one episode (ipywidgets); headless, :func:`episode_view`."""
+def show_episode(row: Mapping[str, Any] | None, *, interactive: bool | None = None, obs_chars: int = 600,
+                 rows: Sequence[Mapping[str, Any]] = ()) -> Any:
+    """In JupyterLab a step slider over one episode (ipywidgets), with a dropdown over ``rows`` (other episodes
+    to switch to) when given; headless, :func:`episode_view` of ``row``."""
     if not row or not (interactive_default() if interactive is None else interactive):
         return episode_view(row, obs_chars=obs_chars)
     import ipywidgets as widgets
 
-    header = widgets.HTML(View(episode_header(row)).html)
-    body = widgets.HTML()
-    slider = widgets.IntSlider(value=1, min=1, max=len(row["trajectory"]), description="step")
+    choices = [dict(r) for r in rows] or [dict(row)]
+    labels = [(f"task {r['task_id']} · {r['method']} · reward {_num(r.get('reward'))} · {scored_steps(r)} Q choices", k)
+              for k, r in enumerate(choices)]
+    start = next((k for k, r in enumerate(choices) if (r["task_id"], r["method"]) == (row["task_id"], row["method"])), 0)
+    episode = widgets.Dropdown(options=labels, value=start, description="episode", layout={"width": "520px"})
+    header, body = widgets.HTML(), widgets.HTML()
+    slider = widgets.IntSlider(value=1, min=1, max=len(choices[start]["trajectory"]), description="step")
 
     def show(change: Any = None) -> None:
-        body.value = View(step_html(row, slider.value - 1, obs_chars=obs_chars)).html
+        body.value = View(step_html(choices[episode.value], slider.value - 1, obs_chars=obs_chars)).html
+
+    def switch(change: Any = None) -> None:
+        current = choices[episode.value]
+        header.value = View(episode_header(current)).html
+        slider.value, slider.max = 1, len(current["trajectory"])
+        show()
 
     slider.observe(show, names="value")
-    show()
-    return widgets.VBox([header, slider, body])
+    episode.observe(switch, names="value")
+    switch()
+    return widgets.VBox(([episode] if len(choices) > 1 else []) + [header, slider, body])
 
 
 def episode_rows(path: str | os.PathLike, *, method: str | None = None) -> list[dict[str, Any]]:
