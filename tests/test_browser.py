@@ -109,3 +109,61 @@ def test_exported_notebook_shows_the_tree_and_a_click_unfolds_a_node(export):
         browser.scroll_to(".qx-episode")
         keep(browser.screenshot(page.with_name("09_episode.png")))
         keep(browser.screenshot(page.with_name("09_inspect_page.png"), full_page=True))
+
+
+@pytest.mark.skipif(not os.environ.get("QLIB_LAB_TEST"), reason="opt-in (QLIB_LAB_TEST=1): starts JupyterLab, ~30 s")
+def test_episode_slider_and_q_explorer_are_widgets_in_jupyterlab(export, tmp_path):
+    """The interactive forms in a live JupyterLab: run the cells, move the step slider with the keyboard."""
+    import subprocess
+    import time
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from qlib.testing.browser import free_port
+
+    _, made, executable = export
+    code = (f"from qlib.workbook import explore as xp\nrows = xp.episode_rows({str(made['episodes'])!r}, method='q')\n"
+            "xp.show_episode(xp.pick_episode(rows), rows=rows)")
+    nbformat.write(new_notebook(cells=[new_code_cell(code), new_code_cell(
+        f"xp.q_explorer(xp.action_q({str(made['episodes'].parent)!r}))")], metadata={"kernelspec": {
+            "name": "python3", "display_name": "Python 3", "language": "python"}}), tmp_path / "lab.ipynb")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "QLIB_HEADLESS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    server = subprocess.Popen(
+        [str(Path(os.sys.executable).with_name("jupyter")), "lab", "--no-browser", f"--port={port}", "--allow-root",
+         "--ServerApp.token=", "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
+         f"--ServerApp.root_dir={tmp_path}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        with Chromium(executable, timeout=90) as browser:
+            def wait(expression: str, seconds: float = 90) -> None:
+                deadline = time.monotonic() + seconds
+                while not browser.eval(expression):
+                    assert time.monotonic() < deadline, expression
+                    time.sleep(0.5)
+
+            deadline = time.monotonic() + 60
+            while True:  # the server takes a few seconds to listen
+                try:
+                    browser.open(f"http://127.0.0.1:{port}/lab/tree/lab.ipynb")
+                    break
+                except (RuntimeError, TimeoutError):
+                    assert time.monotonic() < deadline, "JupyterLab did not start"
+                    time.sleep(1)
+            wait("!!window.jupyterapp && !!document.querySelector('.jp-Notebook')")
+            time.sleep(3)  # the kernel session
+            browser.eval("(window.jupyterapp.commands.execute('notebook:run-all-cells'), true)")  # not awaited
+            wait("document.querySelectorAll('.widget-slider').length >= 2 && !!document.querySelector('.qx-step')")
+            assert browser.eval("document.querySelectorAll('.widget-dropdown').length") == 4  # episode + env/method/split
+            assert browser.eval("document.querySelector('.qx-step').dataset.step") == "0"
+            browser.eval("document.querySelector('.widget-slider .noUi-handle').focus()")
+            for kind in ("keyDown", "keyUp"):
+                browser.send("Input.dispatchKeyEvent", type=kind, key="ArrowRight", code="ArrowRight",
+                             windowsVirtualKeyCode=39)
+            wait("document.querySelector('.qx-step').dataset.step === '1'", 10)
+            keep(browser.screenshot(tmp_path / "lab_widgets.png"))
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
