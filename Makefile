@@ -18,11 +18,11 @@ LLAMA_CPP := llama-cpp-python[server]==0.3.36
 DEPS_HASH := $(shell cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.qlib-setup-$(DEPS_HASH)
 
-.PHONY: help setup test reproduce smoke lab bench serve clean FORCE
+.PHONY: help setup test browser reproduce smoke lab bench serve clean FORCE
 
 help:
 	@echo "make setup      create .venv and install pinned dependencies (idempotent)"
-	@echo "make test       setup + the test suite"
+	@echo "make test       setup + Chromium (apt, where missing) + the test suite, a real-browser test included"
 	@echo "make reproduce  setup + run every notebook headlessly (PROFILE=smoke|cpu|paper, default cpu)"
 	@echo "make smoke      = make reproduce PROFILE=smoke"
 	@echo "make lab        open the workbook in JupyterLab"
@@ -44,8 +44,22 @@ $(STAMP):
 	@touch $@
 	@echo "setup complete ($(STAMP))"
 
-test: setup
+# The real-browser test (tests/test_browser.py) opens an exported notebook in headless Chromium: the Debian
+# package, installed here when missing (as root or with passwordless sudo). QLIB_REQUIRE_BROWSER=1 makes that
+# test fail, not skip, without a browser; `make test QLIB_REQUIRE_BROWSER=` lets it skip.
+QLIB_REQUIRE_BROWSER ?= 1
+export QLIB_REQUIRE_BROWSER
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+test: setup browser
 	$(PY) -m pytest -q
+
+browser:
+	@if [ -n "$$QLIB_CHROMIUM" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then $(APT_CHROMIUM) || { apt-get update && $(APT_CHROMIUM); }; \
+	elif sudo -n true 2>/dev/null; then sudo $(APT_CHROMIUM) || { sudo apt-get update && sudo $(APT_CHROMIUM); }; \
+	else echo "make test: Chromium is missing and this user cannot install it; run 'sudo apt-get install chromium'" \
+	          "(or set QLIB_CHROMIUM=/path/to/chrome): tests/test_browser.py fails without it" >&2; fi
 
 # Each notebook is a stage, redone when the notebook, the library, the profile or the previous stage is
 # newer. A stage's stamp lives under runs/<profile>/ (not in git), so a fresh clone runs every stage even

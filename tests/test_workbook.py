@@ -108,7 +108,7 @@ def test_paper_numbers_come_from_the_registry():
 
 def test_every_notebook_has_a_parameters_cell_with_profile():
     notebooks = workbook.notebooks()
-    assert [nb.stem[:2] for nb in notebooks] == [f"{i:02d}" for i in range(0, 9)]
+    assert [nb.stem[:2] for nb in notebooks] == [f"{i:02d}" for i in range(0, 10)]
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)

@@ -73,9 +73,14 @@ class RunPaths:
         """Folder of the behaviour-cloned agent of ``env`` (without ``env``: the folder of all of them)."""
         return self.runs / "clones" / (env or "")
 
+    @property
+    def episode_dir(self) -> Path:
+        """Folder of every episode file."""
+        return self.runs / "episodes"
+
     def episodes(self, tag: str, env: str | None = None) -> Path:
         """Resumable episode file ``<tag>_<env>.jsonl`` (``<tag>.jsonl`` without ``env``)."""
-        return self.runs / "episodes" / (f"{tag}_{env}.jsonl" if env else f"{tag}.jsonl")
+        return self.episode_dir / (f"{tag}_{env}.jsonl" if env else f"{tag}.jsonl")
 
     def episode_set(self, name: str, env: str, **fields: object) -> Path:
         """Episode file of the named set of :data:`qlib.experiments.EPISODE_SETS` for ``env``.

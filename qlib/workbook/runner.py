@@ -2,11 +2,13 @@
 
 Each notebook is executed with papermill (``profile`` passed as a parameter) into ``<results>/notebooks/``
 and its execution time is added to ``<results>/timings.json``; at the end ``<results>/README.md`` is
-regenerated. The Makefile adds the skipping of up-to-date stages.
+regenerated. ``QLIB_HEADLESS=1`` tells the explorers (:mod:`.explore`) that no widget frontend will show
+them, so they render static HTML. The Makefile adds the skipping of up-to-date stages.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ def run_notebook(notebook: Path, profile: str, parameters: dict[str, Any] | None
 
     paths = run_paths(profile)
     paths.notebooks.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("QLIB_HEADLESS", "1")  # no widget frontend: the explorers show static HTML
     started = time.perf_counter()
     papermill.execute_notebook(
         str(notebook), str(paths.notebooks / notebook.name),
