@@ -434,10 +434,11 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     """Episodes of ``methods`` (default: the set's) into episode set ``set_name`` of ``env_name``; their rows.
 
     The policy runs with the set's config ``overrides`` (or the given ones); ``q`` rows are scored by
-    ``q_model`` (default: the set's Q model), ``qnet`` rows by the set's QNet; a scored method whose
-    model was not trained is skipped with a warning. Rows get the environment's extra metrics.
+    ``q_model`` (default: the set's Q model), ``qnet`` and ``qnet_lookahead`` rows by the set's QNet; a
+    scored method whose model was not trained is skipped with a warning. Rows get the environment's extra metrics.
     """
     from qlib.agent.backends import make_policy
+    from qlib.episodes import SCORED
     from qlib.evaluate import evaluate
 
     episode_set = EPISODE_SETS[set_name]
@@ -445,13 +446,14 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     methods = list(methods or episode_set.methods or run_config.eval.methods)
     if q_model is None and "q" in methods:
         q_model = load_q(paths, env_name, episode_set.q_model.format(**fields))
-    qnet = load_q(paths, env_name, episode_set.qnet) if "qnet" in methods and episode_set.qnet else None
+    uses_qnet = {"qnet", "qnet_lookahead"} & set(methods)
+    qnet = load_q(paths, env_name, episode_set.qnet) if uses_qnet and episode_set.qnet else None
     policy = make_policy(run_config.policy, env_name)
     out = paths.episode_set(set_name, env_name, **fields)
     rows: list[dict[str, Any]] = []
     for method in methods:
-        scorer = qnet if method == "qnet" else q_model
-        if method in ("q", "qnet") and scorer is None:
+        scorer = qnet if method in ("qnet", "qnet_lookahead") else q_model
+        if method in SCORED and scorer is None:
             log.warning("%s: no Q model for %s, method skipped", env_name, method)
             continue
         rows += evaluate(env_name, split, method, config=run_config, policy=policy, q_model=scorer, n=n,
