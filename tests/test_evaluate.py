@@ -393,24 +393,11 @@ def test_all_methods_on_the_shared_toy_env(config):
     toy = pytest.importorskip("qlib.testing.toy")
     from qlib.stats import paired_differences, summarise
 
-    class OracleScorer:
-        """Q = 1 for the door's right letter (read from the Q model's messages), else 0."""
-
-        scored_tokens = 0
-
-        def score(self, messages, candidates):
-            first = next(i for i, m in enumerate(messages) if m["content"].startswith("Task "))
-            task = int(messages[first]["content"].split()[1].rstrip(":"))
-            position = sum(m["content"].endswith("opened.") for m in messages[first:] if m["role"] == "user")
-            right = "a" if (task + position) % 2 == 0 else "b"
-            self.scored_tokens += len(candidates)
-            return [float(c.endswith(f"go[{right}]")) for c in candidates]
-
     rows = []
     for method in ("greedy", "sampled", "bon", "q", "random_pick"):  # ToyPolicy gives no log-probs
         env = toy.ToyEnv()
         got = evaluate("toy", "test", method, config=config, policy=toy.ToyPolicy(), env=env,
-                       n=5, q_model=OracleScorer() if method == "q" else None)
+                       n=5, q_model=toy.RightDoorScorer() if method == "q" else None)
         assert len(got) == len(env.task_ids("test"))
         rows += got
     table = summarise(rows, resamples=200).set_index("method")

@@ -14,7 +14,7 @@ import torch
 
 from qlib import finetune
 from qlib.config import load_config
-from qlib.testing.toy import ToyEnv, ToyPolicy
+from qlib.testing.toy import RightDoorScorer, ToyEnv, ToyPolicy
 from qlib.tree import write_tree
 from test_pairs import hand_tree  # the hand-made toy tree of the pair tests
 
@@ -24,12 +24,15 @@ TRAIN = {"finetune.batch_size": 1, "finetune.epochs": 25, "finetune.learning_rat
          "dpo.warmup_ratio": 0.0, "dpo.lr_scheduler": "constant_with_warmup"}
 
 
-@pytest.fixture()
-def tree_dir(tmp_path) -> Path:
-    folder = tmp_path / "trees"
+def write_trees(folder: Path) -> Path:
     for task in (0, 1):
         write_tree(hand_tree(task), folder)
     return folder
+
+
+@pytest.fixture()
+def tree_dir(tmp_path) -> Path:
+    return write_trees(tmp_path / "trees")
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +89,19 @@ def sequence_logprob(model_dir: Path, messages: list[dict]) -> float:
     return float(logp[labels != IGNORE].sum())
 
 
-def test_rft_raises_the_likelihood_of_the_successful_trajectories(tree_dir, agent, tmp_path):
+@pytest.fixture(scope="module")
+def rft(tmp_path_factory, agent) -> tuple[Path, list[dict]]:
+    """The RFT adapter trained on the toy trees, and its rows."""
+    config = load_config("smoke", TRAIN)
+    rows = finetune.rft_rows(write_trees(tmp_path_factory.mktemp("trees")), config)
+    return finetune.finetune("rft", rows, tmp_path_factory.mktemp("rft") / "rft", config, agent=agent), rows
+
+
+def test_rft_raises_the_likelihood_of_the_successful_trajectories(rft, agent):
     from qlib.export import merged_dir
 
     config = load_config("smoke", TRAIN)
-    rows = finetune.rft_rows(tree_dir, config)
-    out = finetune.finetune("rft", rows, tmp_path / "rft", config, agent=agent)
+    out, rows = rft
     meta = json.loads((out / "qlib_config.json").read_text())
     assert meta["finetune"] == "rft" and meta["lora"] and meta["data_rows"] == 4
     assert meta["train_tokens"] == meta["data_tokens"] * 25 > 0 and meta["train_seconds"] > 0
@@ -139,3 +149,52 @@ def test_finetune_refuses_empty_data_and_unknown_rows(tmp_path):
         finetune.finetune("rft", [], tmp_path / "x", config)
     with pytest.raises(ValueError, match="unknown"):
         finetune.finetune("sft", [{"messages": []}], tmp_path / "x", config)
+
+
+def test_the_adapter_runs_in_every_backend_with_the_merged_weights_greedy_action(rft, agent):
+    """peft adapter on the agent (hf), the merged folder (hf) and the exported GGUF (in-process llama.cpp)
+    give the same greedy turn on the first toy prompt: the trained action, not the agent's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qlib.agent.backends import make_policy
+    from qlib.agent.prompts import render_messages
+    from qlib.export import export_gguf, merged_dir
+
+    out, rows = rft
+    env = ToyEnv()
+    messages = render_messages("toy", hand_tree()["task_observation"], [], icl=False)
+    assert messages == rows[0]["messages"][:len(messages)]  # the trees' first state
+    base = load_config("smoke", {"policy.max_tokens": 24, "policy.n_ctx": 1024}).policy
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(agent), out / "adapter")
+    policies = {
+        "hf adapter": make_policy(base.model_copy(update={"backend": "hf"}), "toy", model=adapter, tokenizer=tokenizer),
+        "hf merged": make_policy(base.model_copy(update={"backend": "hf", "model": str(merged_dir(out))}), "toy"),
+        "llamacpp": make_policy(base.model_copy(update={"backend": "llamacpp",
+                                                        "model": str(export_gguf(out, "f32"))}), "toy"),
+    }
+    turns = {name: p.propose(messages, 1, temperature=0.0, action_space=env.valid_actions(), seed=0)[0]
+             for name, p in policies.items()}
+    assert {t.action for t in turns.values()} == {"go[a]"}, {k: t.raw for k, t in turns.items()}
+
+
+# ----------------------------------------------------------------------------- Q-guided self-training
+def test_self_training_explores_and_learns_from_train_tasks_only(tmp_path):
+    config = load_config("smoke", {"finetune.st_episodes": 2, "eval.n_candidates": 4})
+    env = ToyEnv()
+    rows = finetune.explore("toy", config, policy=ToyPolicy(), q_model=RightDoorScorer(), env=env,
+                            out=tmp_path / "explore.jsonl", qmodel_name="right-door")
+    train = set(env.task_ids("train"))
+    assert len(rows) == 2 * len(train) and {r["split"] for r in rows} == {"train"}
+    assert {r["task_id"] for r in rows} == train and {r["seed"] for r in rows} == {config.seed, config.seed + 1}
+    demos = finetune.episode_demos(rows, config)
+    assert demos and len(demos) == sum(r["success"] for r in rows)
+    from qlib.agent.prompts import render_conversation
+
+    first = next(r for r in rows if r["success"])
+    history = [(s["text"], s["observation"]) for s in first["trajectory"]]
+    assert demos[0]["messages"] == render_conversation("toy", env.reset(first["task_id"]), history[:-1],
+                                                       history[-1][0], icl=False)
+    with pytest.raises(ValueError, match="train episodes"):
+        finetune.episode_demos([dict(rows[0], split="test")], config)
