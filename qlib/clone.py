@@ -72,7 +72,8 @@ def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -
 
     samples = []
     for row in tqdm(rows, desc="encode demos"):
-        samples += encode_demo(tokenizer, row["messages"], max_length)
+        windows = encode_demo(tokenizer, row["messages"], max_length)
+        samples += [{**w, "weight": float(row["weight"])} for w in windows] if "weight" in row else windows
     tokens = [len(s["input_ids"]) for s in samples]
     stats = {"demos": len(rows), "sequences": len(samples), "split_demos": len(samples) - len(rows),
              "tokens": sum(tokens), "max_tokens": max(tokens, default=0),
@@ -81,6 +82,36 @@ def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -
 
 
 # ----------------------------------------------------------------------------- training
+class WeightedCollator:
+    """Wraps a collator: takes each example's ``weight`` out before collating and adds them as a tensor."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        weights = [float(e.get("weight", 1.0)) for e in examples]
+        output = self.inner([{k: v for k, v in e.items() if k != "weight"} for e in examples])
+        output["weight"] = torch.tensor(weights)
+        return output
+
+
+def weighted_sft_trainer(**kwargs: Any) -> Any:
+    """A trl ``SFTTrainer`` whose loss is scaled by the micro-batch's mean sequence ``weight`` (a dataset column;
+    one sequence per micro-batch, so this is each sequence's weight): reward-weighted SFT (AgentEvol)."""
+    from trl import SFTTrainer
+
+    class WeightedSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+            weight = inputs.pop("weight").float().mean()
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            return (result[0] * weight, result[1]) if return_outputs else result * weight
+
+    trainer = WeightedSFTTrainer(**kwargs)
+    trainer.data_collator = WeightedCollator(trainer.data_collator)
+    return trainer
+
+
 class CurveCallback(TrainerCallback):
     """Saves a clone folder ``curve/<k>/`` when the number of trajectories seen crosses each of ``points``."""
 
@@ -158,9 +189,10 @@ def train_clone(
     bf16 = cfg.bf16 and bf16_supported()
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    trainer = SFTTrainer(model=model, args=sft_args(config, out, bf16=bf16, max_steps=max_steps),
-                         train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(cfg) if cfg.lora else None)
+    make = weighted_sft_trainer if "weight" in dataset.column_names else SFTTrainer
+    trainer = make(model=model, args=sft_args(config, out, bf16=bf16, max_steps=max_steps),
+                   train_dataset=dataset, processing_class=tokenizer,
+                   peft_config=lora_config(cfg) if cfg.lora else None)
     trainer.add_callback(MetricsCallback(out / "metrics.csv", METRIC_KEYS))
     base_meta = {"kind": "sft", "lora": cfg.lora, "base_model": base_name, "demos_file": str(demos_file),
                  "dtype": "bf16-autocast" if bf16 else "fp32", "seed": config.seed, **stats,

@@ -128,6 +128,34 @@ class CloneConfig(Section):
                              "many trajectories have been seen")
 
 
+class FinetuneConfig(Section):
+    """Table 2's fine-tuning rows (:mod:`qlib.finetune`): the agent itself fine-tuned on the training trees
+    (RFT, AgentEvol, ETO) or on its own Q-guided episodes (Q*Agent self-training), each a LoRA on the agent."""
+
+    success_threshold: float = Field(
+        1.0, description="a trajectory is successful when its final environment reward is >= this (RFT data, "
+        "self-training data, ETO's failed trajectory is below it); 1.0 = the paper's success (WebShop's graded "
+        "reward: every attribute, option and the price matched); lower it to count partial WebShop matches")
+    agentevol_min_reward: float = Field(
+        0.0, description="AgentEvol: finished trajectories whose reward is <= this get no weight (dropped); the "
+        "others are learned with loss weight = reward (a depth-limit cut is never 'finished')")
+    eto_beta: float = Field(0.1, gt=0, description="ETO: DPO inverse temperature of the trajectory-level loss")
+    eto_learning_rate: float = Field(5e-5, gt=0, description="ETO: peak learning rate (DPO on the agent)")
+    st_q_model: Literal["step", "qnet"] = Field(
+        "step", description="Q*Agent self-training: the Q model that picks among the candidates while the agent "
+        "explores the training tasks (the step-level DPO Q model, or the QNet)")
+    st_episodes: int = Field(1, ge=1, description="Q*Agent self-training: Q-guided episodes per training task "
+                             "(episode k runs with seed + k)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank of every fine-tuned agent")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    learning_rate: float = Field(2e-4, gt=0, description="RFT / AgentEvol / self-training: peak learning rate")
+    batch_size: int = Field(4, ge=1, description="sequences (SFT) or pairs (ETO) per optimiser step")
+    epochs: int = Field(2, ge=1, description="passes over the fine-tuning data")
+    max_length: int = Field(2048, ge=64, description="tokens per training sequence (SFT windows, ETO pairs "
+                            "truncated from the left)")
+    bf16: bool = Field(True, description="bfloat16 autocast where the device supports it")
+
+
 class MCTSConfig(Section):
     """Paper Algorithm 1 / Table 5."""
 
@@ -211,6 +239,10 @@ class EvalConfig(Section):
         0, ge=0, description="test tasks per ablation run (notebooks 05, 06); 0 = the env's test_tasks"
     )
     bootstrap_resamples: int = Field(10_000, ge=1, description="resamples of the bootstrap confidence intervals")
+    lookahead_peek_reward: bool = Field(
+        False, description="qnet_lookahead (QLASS): a candidate whose look-ahead step ends the episode is scored "
+        "by the environment's true reward instead of the QNet. It reads the reward at test time (an oracle "
+        "peek, as QLASS does), so it is off by default and its rows are labelled qnet_lookahead+peek")
 
 
 def registered_envs() -> dict[str, EnvSettings]:
@@ -231,6 +263,7 @@ class Config(Section):
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description=PolicyConfig.__doc__)
     clone: CloneConfig = Field(default_factory=CloneConfig, description=CloneConfig.__doc__)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description=FinetuneConfig.__doc__)
     mcts: MCTSConfig = Field(default_factory=MCTSConfig, description=MCTSConfig.__doc__)
     pairs: PairsConfig = Field(default_factory=PairsConfig, description=PairsConfig.__doc__)
     dpo: DPOConfig = Field(default_factory=DPOConfig, description=DPOConfig.__doc__)
@@ -326,6 +359,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "qnet.batch_size": 4,
         "eval.n_candidates": 2,
         "eval.bootstrap_resamples": 200,
+        "finetune.batch_size": 2,
+        "finetune.epochs": 1,
+        "finetune.max_length": 1024,
     },
 }
 

@@ -9,12 +9,18 @@ Methods (same policy, seeds and step limit for all):
   it stops early once a trajectory reaches reward 1 (which cannot be beaten);
 * ``q`` — ``n`` candidates per step, execute the one with the highest Q-value-model score;
 * ``qnet`` — the same loop with the Q*Agent QNet scorer (only the label differs);
+* ``qnet_lookahead`` — QLASS-faithful selection (a labelled variant): each distinct candidate is stepped in
+  the environment from a snapshot, the state it reaches (the candidate's turn and the observation it got)
+  is scored by the QNet (``score_completions`` of [assistant turn, observation]) and the environment is
+  restored; only the chosen action then counts as the episode's step. With ``eval.lookahead_peek_reward``
+  (off by default; rows labelled ``+peek``) a candidate whose look-ahead ends the episode is scored by the
+  environment's true reward instead, as QLASS does — an oracle peek at test time;
 * ``random_pick`` — ``n`` candidates, a seeded uniform pick (control for ``q``);
 * ``logprob_pick`` — ``n`` candidates, the highest policy log-probability (control; it is the *sum*
   over the turn's tokens, so it favours short turns).
 
-Candidates are never executed before choosing (the official "beam" stepped all of them); only the
-chosen action touches the environment. Selection methods first deduplicate candidates by their
+Candidates are never executed before choosing (the official "beam" stepped all of them), except the
+look-ahead steps of ``qnet_lookahead``, which are undone; only the chosen action counts. Selection methods first deduplicate candidates by their
 canonical text (first occurrence kept, ``count`` recorded), so the Q model scores each distinct turn once
 and ``random_pick`` is uniform over *distinct* candidates.
 
@@ -42,9 +48,9 @@ from qlib.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
-METHODS = ("greedy", "sampled", "bon", "q", "qnet", "random_pick", "logprob_pick")
-SELECTION = ("q", "qnet", "random_pick", "logprob_pick")  # n candidates per step, one picked
-SCORED = ("q", "qnet")  # need a Q model
+METHODS = ("greedy", "sampled", "bon", "q", "qnet", "random_pick", "logprob_pick", "qnet_lookahead")
+SELECTION = ("q", "qnet", "random_pick", "logprob_pick", "qnet_lookahead")  # n candidates per step, one picked
+SCORED = ("q", "qnet", "qnet_lookahead")  # need a Q model
 SINGLE = ("greedy", "sampled")  # always n = 1
 
 Render = Callable[..., list[Message]]
@@ -68,6 +74,7 @@ class Runner:
     seed: int
     q_model: QModel | None = None
     icl: bool = True  # in-context examples in the policy's prompt (config.policy.icl)
+    peek_reward: bool = False  # qnet_lookahead: score episode-ending candidates by the true reward (oracle)
 
 
 # --------------------------------------------------------------------------- seeds and selection
@@ -173,8 +180,40 @@ def choose(
     def render_q() -> list[Message]:  # only rendered when a Q model scores
         return runner.render(runner.env_name, obs0, history, variant=runner.variant, icl=False)
 
+    if method == "qnet_lookahead" and len(unique) > 1:
+        scores, ends = lookahead_scores(runner, unique, obs0, history)
+        records = [dict(r, ends=e) for r, e in zip(candidate_records(unique, counts, scores), ends)]
+        return unique[argmax(scores)], {"chosen": argmax(scores), "candidates": records}
     index, scores = pick(runner, method, unique, render_q, pick_seed)
     return unique[index], {"chosen": index, "candidates": candidate_records(unique, counts, scores)}
+
+
+def lookahead_scores(runner: Runner, unique: list[Candidate], obs0: str, history: History
+                     ) -> tuple[list[float], list[bool]]:
+    """QLASS: the QNet value of the state each candidate reaches (stepped from a snapshot, then undone), or
+    its true reward when it ends the episode and ``runner.peek_reward``; and whether it ends the episode."""
+    env, scorer = runner.env, runner.q_model
+    if not hasattr(scorer, "score_completions"):
+        raise FatalEvalError("qnet_lookahead needs a Q model with score_completions (the QNet or a DPO Q model)")
+    before = runner.render(runner.env_name, obs0, history, variant=runner.variant, icl=False)
+    snapshot = env.snapshot()
+    reached, peeked, ends = [], [], []
+    for cand in unique:
+        try:
+            result = env.step(cand.action)
+        finally:
+            env.restore(snapshot)
+        after = runner.render(runner.env_name, obs0, [*history, (cand.text, result.observation)],
+                              variant=runner.variant, icl=False)
+        reached.append(after[len(before):])  # [assistant turn, observation]
+        ends.append(bool(result.done))
+        peeked.append(float(result.reward) if runner.peek_reward and result.done else None)
+    todo = [i for i, p in enumerate(peeked) if p is None]
+    values = scorer.score_completions(before, [reached[i] for i in todo]) if todo else []
+    scores = list(peeked)
+    for i, value in zip(todo, values):
+        scores[i] = float(value)
+    return scores, ends
 
 
 def candidate_records(unique: list[Candidate], counts: list[int], scores: list[float] | None) -> list[dict]:

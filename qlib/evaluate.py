@@ -131,8 +131,10 @@ def evaluate(
         policy = make_policy(config.policy, env_name)
     runner = Runner(env_name, env, policy, render or render_messages, config.policy.prompt,
                     config.policy.temperature, config.seed, q_model if method in SCORED else None,
-                    icl=config.policy.icl)
+                    icl=config.policy.icl, peek_reward=peeks(method, config))
     qname = (qmodel_name or str(getattr(q_model, "path", "")) or None) if method in SCORED else None
+    if peeks(method, config):  # the oracle peek is part of the scorer's label (no resuming across it)
+        qname = f"{qname}+peek"
     meta = row_meta(env_name, split, method, k, config, env.max_steps, qname)
     tasks = select_tasks(env, env_name, split, config, limit, tasks)
     done = resume(out, meta, tasks)
@@ -143,6 +145,11 @@ def evaluate(
     if failed:
         log.warning("%d episode(s) failed (error rows written); run again to retry them", failed)
     return [done[t] for t in tasks if t in done]
+
+
+def peeks(method: str, config: Config) -> bool:
+    """Whether ``method`` reads the true reward of episode-ending look-ahead steps (``eval.lookahead_peek_reward``)."""
+    return method == "qnet_lookahead" and config.eval.lookahead_peek_reward
 
 
 def row_meta(env_name: str, split: str, method: str, n: int, config: Config, max_steps: int,
@@ -204,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
     parser.add_argument("--method", required=True, nargs="+", choices=METHODS, metavar="M",
                         help=f"one or more of: {', '.join(METHODS)} (bon is an oracle baseline)")
-    parser.add_argument("--qmodel", default=None, help="Q-value model directory (needed by q / qnet)")
+    parser.add_argument("--qmodel", default=None, help="Q-value model directory (needed by q / qnet / qnet_lookahead)")
     parser.add_argument("--n", type=int, default=None,
                         help="candidates per step / BoN trajectories (default: eval.n_candidates)")
     chosen = parser.add_mutually_exclusive_group()
@@ -223,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(args.method))
     scored = any(m in SCORED for m in methods)
     if scored and not args.qmodel:
-        print("error: --qmodel is required for methods q / qnet", file=sys.stderr)
+        print("error: --qmodel is required for methods q / qnet / qnet_lookahead", file=sys.stderr)
         return 2
     from qlib.agent.backends import make_policy
     from qlib.envs import make

@@ -434,10 +434,11 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     """Episodes of ``methods`` (default: the set's) into episode set ``set_name`` of ``env_name``; their rows.
 
     The policy runs with the set's config ``overrides`` (or the given ones); ``q`` rows are scored by
-    ``q_model`` (default: the set's Q model), ``qnet`` rows by the set's QNet; a scored method whose
-    model was not trained is skipped with a warning. Rows get the environment's extra metrics.
+    ``q_model`` (default: the set's Q model), ``qnet`` and ``qnet_lookahead`` rows by the set's QNet; a
+    scored method whose model was not trained is skipped with a warning. Rows get the environment's extra metrics.
     """
     from qlib.agent.backends import make_policy
+    from qlib.episodes import SCORED
     from qlib.evaluate import evaluate
 
     episode_set = EPISODE_SETS[set_name]
@@ -445,13 +446,14 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     methods = list(methods or episode_set.methods or run_config.eval.methods)
     if q_model is None and "q" in methods:
         q_model = load_q(paths, env_name, episode_set.q_model.format(**fields))
-    qnet = load_q(paths, env_name, episode_set.qnet) if "qnet" in methods and episode_set.qnet else None
+    uses_qnet = {"qnet", "qnet_lookahead"} & set(methods)
+    qnet = load_q(paths, env_name, episode_set.qnet) if uses_qnet and episode_set.qnet else None
     policy = make_policy(run_config.policy, env_name)
     out = paths.episode_set(set_name, env_name, **fields)
     rows: list[dict[str, Any]] = []
     for method in methods:
-        scorer = qnet if method == "qnet" else q_model
-        if method in ("q", "qnet") and scorer is None:
+        scorer = qnet if method in ("qnet", "qnet_lookahead") else q_model
+        if method in SCORED and scorer is None:
             log.warning("%s: no Q model for %s, method skipped", env_name, method)
             continue
         rows += evaluate(env_name, split, method, config=run_config, policy=policy, q_model=scorer, n=n,
@@ -798,3 +800,112 @@ def prompting_table(config: Config, paths: RunPaths, *, env: str | None = None) 
     table = summary_of(rows, config)
     table["paper"] = [paper_number("table4", env, method) for method in table.method]
     return table
+
+
+# ----------------------------------------------------------------------------- Table 2's fine-tuning rows
+#: the fine-tuned agents' episode sets (appended here to keep the edit of EPISODE_SETS additive)
+EPISODE_SETS.update({
+    "finetuned": EpisodeSet(
+        tag="finetuned_{row}", methods=("greedy",), q_model="", label="", overrides={"policy.icl": False},
+        purpose="04: the agent fine-tuned as Table 2 row {row} (rft, agentevol, eto, qstar_st) on the test tasks; "
+                "policy.model is its exported GGUF."),
+    "self_train_explore": EpisodeSet(
+        tag="self_train_{scorer}", methods=("q",), q_model="step", label="step", qnet="qnet",
+        purpose="04: Q*Agent self-training's exploration: the profile's agent, Q-guided by the {scorer} model, "
+                "on the train tasks (split train); its successful episodes are qstar_st's data."),
+})
+
+
+def finetune_data(config: Config, paths: RunPaths, env_name: str, row: str) -> tuple[list[dict[str, Any]], dict]:
+    """The training rows of fine-tuning row ``row`` for ``env_name`` from its train trees (for ``qstar_st``, from
+    Q-guided episodes of the train tasks), and the exploration cost (``qstar_st`` only)."""
+    from qlib import finetune as ft
+
+    trees = paths.trees(env_name, "train")
+    if row != "qstar_st":
+        if not trees.exists():
+            return [], {}
+        build = {"rft": ft.rft_rows, "agentevol": ft.agentevol_rows, "eto": ft.eto_pairs}[row]
+        return build(trees, config), {}
+    scorer = config.finetune.st_q_model
+    method = "q" if scorer == "step" else "qnet"
+    q_model = load_q(paths, env_name, scorer)
+    if q_model is None:
+        return [], {}
+    from qlib.agent.backends import make_policy
+
+    episodes = add_row_metrics(ft.explore(
+        env_name, config, policy=make_policy(config.policy, env_name), q_model=q_model, method=method,
+        out=paths.episode_set("self_train_explore", env_name, scorer=scorer), qmodel_name=scorer))
+    spent = {"explore_episodes": len(episodes), "explore_seconds": round(sum(r["wall_s"] for r in episodes), 2),
+             "explore_tokens": sum(r["tokens_generated"] + r["prompt_tokens"] + r["q_tokens"] for r in episodes)}
+    return ft.episode_demos(episodes, config, variant=config.policy.prompt), spent
+
+
+def finetune_agents(config: Config, paths: RunPaths, *, rows: Sequence[str] | None = None,
+                    envs: Sequence[str] | None = None, max_steps: int = -1) -> pd.DataFrame:
+    """Train (or reuse) each environment's fine-tuned agents (Table 2's rows :data:`qlib.finetune.ROWS`), each a
+    LoRA on the profile's agent, in ``runs/<profile>/finetuned/<env>_<row>/``. One line per env and row with
+    its data and training cost; a row without data is not trained and says why (``note``)."""
+    from qlib import finetune as ft
+
+    lines = []
+    for env_name in envs or env_names():
+        agent = q_model_init(with_overrides(config, {"dpo.init": "agent"}), env_name)
+        for row in rows or ft.ROWS:
+            out = paths.runs / "finetuned" / f"{env_name}_{row}"
+            data, spent = ([], {}) if (out / "qlib_config.json").is_file() else finetune_data(config, paths, env_name, row)
+            if not data and not (out / "qlib_config.json").is_file():
+                why = "no Q model to guide the exploration" if row == "qstar_st" and not spent else "no training data"
+                log.warning("%s %s: %s (no successful trajectory / failed pair in the train trees?)", env_name, row, why)
+                lines.append({"env": env_name, "row": row, "trained": False, "note": why, **spent})
+                continue
+            ft.finetune(row, data, out, config, agent=agent, max_steps=max_steps)
+            lines.append({"env": env_name, "row": row, "trained": True, "note": "", **ft.cost(out), **spent,
+                          "path": str(out)})
+    return pd.DataFrame(lines)
+
+
+def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | None = None,
+                   methods: Sequence[str] = ("greedy",)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2's fine-tuning rows beside ``greedy`` and ``q`` (set ``test_methods``): each trained agent's
+    episodes on the same test tasks, seeds and step limit, labelled by row (``<row>`` for greedy, else
+    ``<row>_<method>``). Returns (summary with the paper's number, paired ``q − row``)."""
+    from qlib import finetune as ft
+    from qlib.export import export_gguf
+
+    episodes, labels = [], []
+    for env_name in env_names():
+        episodes += run_episodes(config, paths, env_name, "test_methods", ["greedy", "q"])
+        for row in rows or ft.ROWS:
+            out = paths.runs / "finetuned" / f"{env_name}_{row}"
+            if not (out / "qlib_config.json").is_file():
+                continue
+            model = {**EPISODE_SETS["finetuned"].overrides, "policy.model": str(export_gguf(out))}
+            for got in run_episodes(config, paths, env_name, "finetuned", methods, overrides=model, row=row):
+                label = row if got["method"] == "greedy" else f"{row}_{got['method']}"
+                episodes.append(dict(got, method=label))
+                labels.append(label)
+    summary, paired = results_table(episodes, config, others=list(dict.fromkeys(labels)) or None)
+    return summary.merge(pd.DataFrame(paper_table2()), on=["env", "method"], how="left"), paired
+
+
+def training_costs(paths: RunPaths, trained: pd.DataFrame) -> pd.DataFrame:
+    """Per env: what each Table 2 row cost to train beyond the shared MCTS trees (their LLM calls, tokens and
+    seconds are the first line): the Q models (step DPO, QNet) and the fine-tuned agents of ``trained``."""
+    lines = []
+    for env_name in env_names():
+        trees = tree_stats(paths.trees(env_name, "train")) if paths.trees(env_name, "train").exists() else pd.DataFrame()
+        lines.append({"env": env_name, "row": "MCTS trees (shared data)", "data_rows": len(trees),
+                      "train_tokens": int(trees.tokens.sum()) if len(trees) else 0,
+                      "train_seconds": float(trees.seconds.sum()) if len(trees) else 0.0})
+        for name, row in (("step", "q"), ("qnet", "qnet")):
+            file = paths.qmodel(env_name, name) / "qlib_config.json"
+            if file.is_file():
+                meta = json.loads(file.read_text())
+                lines.append({"env": env_name, "row": row, "data_rows": meta.get("n_pairs", meta.get("n_rows")),
+                              "train_seconds": meta.get("train_seconds")})
+    frame = pd.DataFrame(lines)
+    if len(trained) and "train_seconds" in trained:
+        frame = pd.concat([frame, trained[trained.trained]], ignore_index=True)
+    return frame

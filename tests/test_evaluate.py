@@ -393,24 +393,11 @@ def test_all_methods_on_the_shared_toy_env(config):
     toy = pytest.importorskip("qlib.testing.toy")
     from qlib.stats import paired_differences, summarise
 
-    class OracleScorer:
-        """Q = 1 for the door's right letter (read from the Q model's messages), else 0."""
-
-        scored_tokens = 0
-
-        def score(self, messages, candidates):
-            first = next(i for i, m in enumerate(messages) if m["content"].startswith("Task "))
-            task = int(messages[first]["content"].split()[1].rstrip(":"))
-            position = sum(m["content"].endswith("opened.") for m in messages[first:] if m["role"] == "user")
-            right = "a" if (task + position) % 2 == 0 else "b"
-            self.scored_tokens += len(candidates)
-            return [float(c.endswith(f"go[{right}]")) for c in candidates]
-
     rows = []
     for method in ("greedy", "sampled", "bon", "q", "random_pick"):  # ToyPolicy gives no log-probs
         env = toy.ToyEnv()
         got = evaluate("toy", "test", method, config=config, policy=toy.ToyPolicy(), env=env,
-                       n=5, q_model=OracleScorer() if method == "q" else None)
+                       n=5, q_model=toy.RightDoorScorer() if method == "q" else None)
         assert len(got) == len(env.task_ids("test"))
         rows += got
     table = summarise(rows, resamples=200).set_index("method")
@@ -492,3 +479,49 @@ def test_cli_rejects_unknown_task_ids(capsys):
     add_arguments(parser)
     args = parser.parse_args(["--profile", "smoke", "--env", "hotpotqa", "--method", "greedy", "--tasks", "98-101"])
     assert run_cli(args) == 2 and "2 task id(s) not in hotpotqa's test split" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- QLASS look-ahead (qnet_lookahead)
+class StateScorer(TableScorer):
+    """QNet stand-in scoring completions [assistant turn, observation]: Q = table[observation] (default 0)."""
+
+    def score_completions(self, messages, completions):
+        self.calls.append((messages, completions))
+        assert all([m["role"] for m in c] == ["assistant", "user"] for c in completions)
+        return [self.table.get(c[1]["content"], 0.0) for c in completions]
+
+
+def test_qnet_lookahead_scores_the_reached_state_and_counts_only_the_chosen_step(config, tmp_path):
+    env = GuessEnv(max_steps=3)
+    # task 0 (target 0; hint says "even"); candidates: hint[] -> "even", guess[1] -> "You guessed 1." (ends)
+    policy = ListPolicy([cand("guess[1]"), cand("hint[]")])
+    scorer = StateScorer({"even": 0.9, "You guessed 1.": 0.5, "You guessed 0.": 1.0})
+    [row] = run("qnet_lookahead", config, policy, env=env, q_model=scorer, limit=1, n=2, out=tmp_path / "e.jsonl")
+    first = row["trajectory"][0]
+    assert first["action"] == "hint[]" and [c["q"] for c in first["candidates"]] == [0.5, 0.9]
+    assert [c["ends"] for c in first["candidates"]] == [True, False]
+    # every step: both candidates looked ahead (undone) + the chosen one executed; steps count only the chosen
+    assert row["steps"] == 3 and row["truncated"] and env.actions.count("hint[]") == 3 + 3
+    assert row["method"] == "qnet_lookahead" and row["qmodel"] is None  # no label given, no peek
+
+
+def test_qnet_lookahead_peeks_at_the_true_reward_only_when_switched_on(config, tmp_path):
+    policy = ListPolicy([cand("guess[1]"), cand("guess[0]"), cand("hint[]")])
+    scorer = StateScorer({"You guessed 1.": 0.9, "You guessed 0.": 0.1, "even": 0.5})
+    [plain] = run("qnet_lookahead", config, policy, q_model=scorer, limit=1, n=3)
+    assert plain["trajectory"][0]["action"] == "guess[1]" and plain["reward"] == 0.75
+    peek = with_overrides(config, {"eval.lookahead_peek_reward": True})
+    [row] = run("qnet_lookahead", peek, policy, q_model=scorer, limit=1, n=3, out=tmp_path / "p.jsonl",
+                qmodel_name="qnet")
+    assert row["trajectory"][0]["action"] == "guess[0]" and row["reward"] == 1.0
+    assert [c["q"] for c in row["trajectory"][0]["candidates"]] == [0.75, 1.0, 0.5]  # true rewards of the ends
+    assert row["qmodel"] == "qnet+peek"
+    with pytest.raises(FatalEvalError, match="another configuration"):  # no resuming across the switch
+        run("qnet_lookahead", config, policy, q_model=scorer, limit=1, n=3, out=tmp_path / "p.jsonl",
+            qmodel_name="qnet")
+
+
+def test_qnet_lookahead_needs_a_completion_scorer(config):
+    with pytest.raises(FatalEvalError, match="score_completions"):
+        run("qnet_lookahead", config, ListPolicy([cand("guess[1]"), cand("hint[]")]),
+            q_model=TableScorer({}), limit=1, n=2)

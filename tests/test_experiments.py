@@ -69,7 +69,8 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
 # today's episode file tags: existing runs/<profile>/episodes/<tag>_<env>.jsonl must resume
 TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "base_agent_transfer": "transfer_base", "trajectory_q": "table3_trajectory",
                "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
-               "agent_curve": "agent_curve_12", "agent_sampling": "agent_sampling_t0.7_p0.9"}
+               "agent_curve": "agent_curve_12", "agent_sampling": "agent_sampling_t0.7_p0.9",
+               "finetuned": "finetuned_rft", "self_train_explore": "self_train_step"}
 
 
 def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
@@ -80,12 +81,13 @@ def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
     assert set(ex.EPISODE_SETS) == set(TODAYS_TAGS)
     assert len({s.tag for s in ex.EPISODE_SETS.values()}) == len(ex.EPISODE_SETS)
     for name, tag in TODAYS_TAGS.items():
-        assert paths.episode_set(name, "env", pairs=12, demos=12, temperature=0.7, top_p=0.9) == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
+        assert paths.episode_set(name, "env", pairs=12, demos=12, temperature=0.7, top_p=0.9, row="rft",
+                                 scorer="step") == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
     # the Q model labels are part of the rows' resume fingerprint: today's values
     labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
     assert labels == {"test_methods": "step", "second_policy": "step", "base_agent_transfer": "step", "trajectory_q": "trajectory",
                       "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": "",
-                      "agent_sampling": ""}
+                      "agent_sampling": "", "finetuned": "", "self_train_explore": "step"}
     assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"
     assert dict(ex.EPISODE_SETS["second_policy"].overrides) == {"policy.prompt": "reflection"}
 
@@ -238,3 +240,16 @@ def test_q_init_comparison_trains_both_starts_on_the_same_pairs(tmp_path, monkey
         "accuracy": [0.5, 0.75], "pairs": [4, 4], "default": [True, False]}
     ex.q_init_comparison(load_config("cpu"), paths, max_pairs=6)
     assert len(trained) == 2  # trained models are reused
+
+
+def test_fine_tuning_rows_without_data_degrade_with_a_note(tmp_path):
+    from qlib.config import load_config
+    from qlib.workbook.layout import RunPaths
+
+    paths = RunPaths("smoke", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    trained = ex.finetune_agents(load_config("smoke"), paths)
+    assert not trained.trained.any() and set(trained.row) == {"rft", "agentevol", "eto", "qstar_st"}
+    notes = dict(zip(trained.row, trained.note))
+    assert notes["rft"] == "no training data" and notes["qstar_st"] == "no Q model to guide the exploration"
+    costs = ex.training_costs(paths, trained)
+    assert list(costs.row.unique()) == ["MCTS trees (shared data)"]

@@ -14,8 +14,8 @@ path is known: :meth:`ToyEnv.solution`). Per step:
 
 Task ids: train ``0..n_train-1``, valid ``100..``, test ``200..``. The state is an immutable value,
 so it is its own snapshot. :class:`ToyPolicy` (a seeded random policy returning
-:class:`~qlib.agent.base.Candidate` objects) completes the kit. The environment registers as ``toy``
-through the same registry entry as WebShop and HotPotQA (prompt files in ``qlib/testing/prompts/``),
+:class:`~qlib.agent.base.Candidate` objects) and :class:`RightDoorScorer` (an oracle Q model) complete
+the kit. The environment registers as ``toy`` through the same registry entry as WebShop and HotPotQA (prompt files in ``qlib/testing/prompts/``),
 so search, pairs and evaluation run on it with no special case.
 """
 from __future__ import annotations
@@ -150,6 +150,20 @@ class ToyPolicy:
         letters, weights = zip(*sorted(self.weights.items()))
         return [toy_candidate(rng.choices(letters, weights)[0], self.n_tokens) for _ in range(n)]
 
+
+
+class RightDoorScorer:
+    """An oracle Q model: Q = 1 for the candidate that opens the next door (read from the Q model's messages)."""
+
+    scored_tokens = 0
+
+    def score(self, messages: list[Message], candidates: Sequence[str]) -> list[float]:
+        first = next(i for i, m in enumerate(messages) if m["content"].startswith("Task "))
+        task = int(messages[first]["content"].split()[1].rstrip(":"))
+        position = sum(m["content"].endswith("opened.") for m in messages[first:] if m["role"] == "user")
+        right = "a" if (task + position) % 2 == 0 else "b"
+        self.scored_tokens += len(candidates)
+        return [float(c.endswith(f"go[{right}]")) for c in candidates]
 
 SPEC = register(EnvSpec(
     name="toy",
