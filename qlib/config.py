@@ -112,14 +112,15 @@ class CloneConfig(Section):
     mistake_rate: float = Field(0.0, ge=0, le=1, description="share of demonstrations with one injected mistake "
                                 "and the expert's recovery (a wrong product then '< Prev'; a wrong search then the "
                                 "right one)")
-    lora: bool = Field(True, description="train a LoRA adapter (small enough to commit) instead of the full model")
+    lora: bool = Field(False, description="train a LoRA adapter (small enough to commit: 9 MB) instead of the full "
+                       "model; measured on WebShop (150 demos, 100 test tasks): full 0.72 vs LoRA r=16 0.36 greedy reward")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
-    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate")
+    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate (the LoRA run used 5e-4)")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="fraction of steps with linear warmup")
     lr_scheduler: Literal["constant_with_warmup", "linear", "cosine"] = Field(
         "linear", description="learning-rate schedule after warm-up")
-    batch_size: int = Field(8, ge=1, description="sequences per optimiser step (one per micro-batch, accumulated)")
+    batch_size: int = Field(4, ge=1, description="sequences per optimiser step (one per micro-batch, accumulated)")
     epochs: int = Field(1, ge=1, description="passes over the demonstrations")
     max_length: int = Field(4096, ge=64, description="tokens per training sequence; a longer trajectory is split "
                             "into windows whose prompts drop the oldest steps (a turn is never cut)")

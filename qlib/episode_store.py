@@ -2,7 +2,8 @@
 
 A row is keyed by ``RESULT_KEY`` (env, split, task, method, n, seed, prompt, icl, temperature); a resumed
 run reuses the rows of its key and refuses a file whose rows were produced under another
-configuration (``FINGERPRINT``: policy, step limit, and the Q model for scored methods). Rows are
+configuration (``FINGERPRINT``: policy, the behaviour-cloned agent's identity, step limit, and the Q model
+for scored methods). Rows are
 appended and fsynced one at a time (:func:`qlib.io.append_jsonl`), so a crash never loses a finished
 episode; an ``error`` row (an episode that raised) is not a result and is retried on the next run.
 """
@@ -15,7 +16,7 @@ from qlib.episodes import SCORED, FatalEvalError
 from qlib.io import read_jsonl
 
 RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "icl", "temperature")
-FINGERPRINT = ("policy", "max_steps")  # must match between a file's rows and a resumed run
+FINGERPRINT = ("policy", "agent", "max_steps")  # must match between a file's rows and a resumed run
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -51,6 +51,7 @@ and ≈ 5-7 s to convert; the sdist download, once per llama_cpp version, ≈ 7-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -135,6 +136,24 @@ def clone_dir_for(policy: Any, env_name: str | None) -> Path:
     path = Path(clones).expanduser() / env_name
     read_clone_config(path)
     return path
+
+
+def agent_identity(policy: Any, env_name: str | None) -> str | None:
+    """Which behaviour-cloned agent ``policy.model = CLONE_NAME`` is: ``lora-r16-<hash>`` or ``full-<hash>``,
+    the hash over its base model, number of demonstrations and training settings (learning-curve points
+    aside); None for any other model. Episode rows carry it, so rows of one clone never resume as another's
+    (the name ``smollm2-135m-bc`` alone does not say which training made it). A clone retrained with the
+    same settings on another machine has the same identity."""
+    from qlib.provision import CLONE_NAME
+
+    if policy.model != CLONE_NAME or env_name is None:
+        return None
+    meta = read_clone_config(clone_dir_for(policy, env_name))
+    settings = {k: v for k, v in (meta.get("clone") or {}).items() if k != "curve"}
+    key = json.dumps({"base_model": meta.get("base_model"), "demos": meta.get("demos"), "clone": settings},
+                     sort_keys=True)
+    kind = f"lora-r{settings.get('lora_r')}" if meta["lora"] else "full"
+    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def gguf_for(policy: Any, env_name: str | None = None) -> Path:

@@ -197,7 +197,7 @@ def test_a_tiny_model_trained_on_a_few_demos_reproduces_their_actions(tiny_dir, 
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_dir, demo_files, tmp_path, monkeypatch):
     import qlib.clone as clone
 
-    config = load_config("smoke", {"clone.batch_size": 1, "clone.bf16": False})
+    config = load_config("smoke", {"clone.batch_size": 1, "clone.bf16": False, "clone.lora": True})
     out = tmp_path / "clone"
     monkeypatch.setattr(clone, "CHECKPOINT_STEPS", 1)
 

@@ -281,8 +281,8 @@ def test_rows_have_the_schema(config, tmp_path):
     rows = run("q", config, SeededPolicy(), n=3, out=out, q_model=TableScorer({}), qmodel_name="runs/q")
     base = {"env", "split", "task_id", "method", "n", "reward", "success", "steps", "truncated",
             "tokens_generated", "prompt_tokens", "q_tokens", "wall_s", "seed", "policy", "prompt",
-            "max_steps", "qmodel", "trajectory", "context_overflow", "temperature", "icl"}
-    assert all(set(r) == base for r in rows)
+            "max_steps", "qmodel", "trajectory", "context_overflow", "temperature", "icl", "agent"}
+    assert all(set(r) == base for r in rows) and rows[0]["agent"] is None  # not the behaviour-cloned agent
     assert rows[0]["qmodel"] == "runs/q" and rows[0]["seed"] == config.seed and rows[0]["split"] == "test"
     step_keys = {"thought", "action", "text", "valid", "logprob", "observation", "reward", "done",
                  "invalid", "chosen", "candidates"}
@@ -525,3 +525,13 @@ def test_qnet_lookahead_needs_a_completion_scorer(config):
     with pytest.raises(FatalEvalError, match="score_completions"):
         run("qnet_lookahead", config, ListPolicy([cand("guess[1]"), cand("hint[]")]),
             q_model=TableScorer({}), limit=1, n=2)
+
+
+def test_rows_of_another_cloned_agent_are_not_resumed(config, tmp_path, monkeypatch):
+    out = tmp_path / "eval.jsonl"
+    monkeypatch.setattr("qlib.export.agent_identity", lambda policy, env: "full-aaaa")
+    run("greedy", config, SeededPolicy(), out=out)
+    assert {r["agent"] for r in read_rows(out)} == {"full-aaaa"}
+    monkeypatch.setattr("qlib.export.agent_identity", lambda policy, env: "lora-r16-bbbb")
+    with pytest.raises(FatalEvalError, match="another configuration.*agent"):
+        run("greedy", config, SeededPolicy(), out=out)

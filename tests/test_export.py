@@ -215,3 +215,21 @@ def test_openai_backend_talks_to_the_served_clone(clones, gguf, states):
         pol = make_policy(config(clones, "openai", **{"policy.base_url": server.base_url}), env_name)
         cands = pol.propose(messages, 2, temperature=1.0, action_space=space, seed=0)
     assert len(cands) == 2 and all(c.valid for c in cands)
+
+
+def test_agent_identity_names_the_clone_and_changes_with_its_training(clones, tmp_path):
+    from qlib.export import agent_identity
+
+    policy = config(clones, "hf")
+    ident = agent_identity(policy, "webshop")
+    assert ident.startswith("lora-r") and agent_identity(policy, "webshop") == ident
+    assert agent_identity(load_config("smoke").policy, "webshop") is None  # the base model has no identity
+    other = tmp_path / "clones"
+    shutil.copytree(clones / "webshop", other / "webshop")
+    meta = json.loads((other / "webshop" / "qlib_config.json").read_text())
+    meta["clone"] = {**meta.get("clone", {}), "curve": [7]}
+    (other / "webshop" / "qlib_config.json").write_text(json.dumps(meta))
+    assert agent_identity(config(other, "hf"), "webshop") == ident  # learning-curve points are not the agent
+    meta["clone"]["learning_rate"] = 0.123
+    (other / "webshop" / "qlib_config.json").write_text(json.dumps(meta))
+    assert agent_identity(config(other, "hf"), "webshop") != ident
