@@ -67,7 +67,7 @@ def _digest(text: str) -> str:
 #: keys added to tree files after the recording (issue 13's options and counters): configuration and
 #: bookkeeping, not behaviour, so they are left out of the comparison
 LATER_SETTINGS = ("backup_expansion_terminals", "select_terminals", "icl")
-LATER_ROW_FIELDS = ("wall_s", "icl")
+LATER_ROW_FIELDS = ("wall_s", "icl", "agent")
 LATER_STATS = ("expansions", "exhausted")
 #: the options that keep the search and pairs as they were when the hashes were recorded
 LEGACY = {"mcts.backup_expansion_terminals": False, "mcts.select_terminals": True,
