@@ -96,6 +96,14 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
         overrides={"policy.model": CLONE_NAME, "policy.icl": False},
         purpose="00: pass@n of the cloned agent on valid tasks at one candidate-sampling setting (temperature, "
                 "top_p): the headroom a selection method has, which chooses the sampling of q and its controls."),
+    "finetuned": EpisodeSet(
+        tag="finetuned_{row}", methods=("greedy",), q_model="", label="", overrides={"policy.icl": False},
+        purpose="04: the agent fine-tuned as Table 2 row {row} (rft, agentevol, eto, qstar_st) on the test tasks; "
+                "policy.model is its exported GGUF."),
+    "self_train_explore": EpisodeSet(
+        tag="self_train_{scorer}", methods=("q",), q_model="step", label="step", qnet="qnet",
+        purpose="04: Q*Agent self-training's exploration: the profile's agent, Q-guided by the {scorer} model, "
+                "on the train tasks (split train); its successful episodes are qstar_st's data."),
 }
 
 
@@ -446,13 +454,14 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     methods = list(methods or episode_set.methods or run_config.eval.methods)
     if q_model is None and "q" in methods:
         q_model = load_q(paths, env_name, episode_set.q_model.format(**fields))
-    uses_qnet = {"qnet", "qnet_lookahead"} & set(methods)
+    qnet_methods = ("qnet", "qnet_lookahead")  # the methods a QNet scores
+    uses_qnet = any(m in qnet_methods for m in methods)
     qnet = load_q(paths, env_name, episode_set.qnet) if uses_qnet and episode_set.qnet else None
     policy = make_policy(run_config.policy, env_name)
     out = paths.episode_set(set_name, env_name, **fields)
     rows: list[dict[str, Any]] = []
     for method in methods:
-        scorer = qnet if method in ("qnet", "qnet_lookahead") else q_model
+        scorer = qnet if method in qnet_methods else q_model
         if method in SCORED and scorer is None:
             log.warning("%s: no Q model for %s, method skipped", env_name, method)
             continue
@@ -803,19 +812,6 @@ def prompting_table(config: Config, paths: RunPaths, *, env: str | None = None) 
 
 
 # ----------------------------------------------------------------------------- Table 2's fine-tuning rows
-#: the fine-tuned agents' episode sets (appended here to keep the edit of EPISODE_SETS additive)
-EPISODE_SETS.update({
-    "finetuned": EpisodeSet(
-        tag="finetuned_{row}", methods=("greedy",), q_model="", label="", overrides={"policy.icl": False},
-        purpose="04: the agent fine-tuned as Table 2 row {row} (rft, agentevol, eto, qstar_st) on the test tasks; "
-                "policy.model is its exported GGUF."),
-    "self_train_explore": EpisodeSet(
-        tag="self_train_{scorer}", methods=("q",), q_model="step", label="step", qnet="qnet",
-        purpose="04: Q*Agent self-training's exploration: the profile's agent, Q-guided by the {scorer} model, "
-                "on the train tasks (split train); its successful episodes are qstar_st's data."),
-})
-
-
 def finetune_data(config: Config, paths: RunPaths, env_name: str, row: str) -> tuple[list[dict[str, Any]], dict]:
     """The training rows of fine-tuning row ``row`` for ``env_name`` from its train trees (for ``qstar_st``, from
     Q-guided episodes of the train tasks), and the exploration cost (``qstar_st`` only)."""

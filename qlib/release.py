@@ -103,8 +103,7 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
                 continue
             rel = f"{kind}/{source.name}"
             shutil.copy2(source, _mkparent(dest / rel))
-            rows, compute = jsonl_compute(read_jsonl(source, tolerant=True)) if kind == "episodes" else (
-                sum(1 for _ in read_jsonl(source, tolerant=True)), 0.0)
+            rows, compute = jsonl_compute(read_jsonl(source, tolerant=True))  # pairs store no compute: 0
             record(rel, compute, rows)
     skipped_models = []
     for folder in sorted(p for p in (runs / "qmodels").glob("*") if p.is_dir()):

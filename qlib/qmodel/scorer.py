@@ -58,7 +58,7 @@ def model_dtype(model: Any) -> torch.dtype:
 class PrefixCache:
     """The KV cache of the last prompt one model encoded, kept for the next call.
 
-    :meth:`prefill` encodes only the tokens after the longest common prefix of the new prompt and the cached
+    :func:`prefill` encodes only the tokens after the longest common prefix of the new prompt and the cached
     one (the cache is cropped there first): the next step of an episode pays for the turn and observation
     it added, another episode of the same environment still reuses the shared instruction head. Candidate
     tokens that a caller runs against the returned cache are cropped away on the next call.
@@ -68,14 +68,6 @@ class PrefixCache:
         self.ids: list[int] = []
         self.kv: Any = None
         self.reused_tokens = 0  # prompt tokens taken from the cache instead of recomputed
-        self.computed_tokens = 0  # prompt tokens run through the model
-
-    def prefill(self, model: Any, prompt_ids: Sequence[int], **kwargs: Any) -> tuple[Any, Any]:
-        """(model output for the prompt's new tokens, KV cache of the whole prompt)."""
-        return prefill(model, prompt_ids, self, **kwargs)
-
-    def clear(self) -> None:
-        self.ids, self.kv = [], None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -106,7 +98,6 @@ def prefill(model: Any, prompt_ids: Sequence[int], cache: PrefixCache | None = N
     if cache is not None:
         cache.ids, cache.kv = list(prompt_ids), out.past_key_values
         cache.reused_tokens += reuse
-        cache.computed_tokens += len(prompt_ids) - reuse
     return out, out.past_key_values
 
 
