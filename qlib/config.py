@@ -67,6 +67,9 @@ class EnvSettings(Section):
         description="MCTS reward when a rollout hits the depth limit without a terminal"
     )
     train_tasks: int = Field(ge=0, description="tasks used for MCTS collection (from the train split)")
+    train_start: int = Field(0, ge=0, description="position in the train split of the first MCTS task: set past "
+                             "the cloning demonstrations' tasks so that the search explores tasks the agent was "
+                             "not cloned on, as the test tasks are")
     valid_tasks: int = Field(ge=0, description="held-out in-distribution tasks (preference accuracy)")
     test_tasks: int = Field(ge=0, description="tasks reported in the results tables (from the test split)")
     clone_demos: int = Field(ge=0, description="expert demonstrations for behaviour cloning (first train tasks "
@@ -165,7 +168,8 @@ class MCTSConfig(Section):
     eta: float = Field(2.0, ge=0, description="UCT exploration weight")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of expansions")
     early_stop: bool = Field(True, description="stop the search once reward 1 is reached")
-    workers: int = Field(1, ge=1, description="tasks collected concurrently")
+    workers: int = Field(1, ge=1, description="tasks collected concurrently (local backends: one model per "
+                         "worker, policy.n_threads split between them)")
     backup_expansion_terminals: bool = Field(
         True, description="back up, once, every terminal child an expansion reaches besides the rolled-out one "
         "(a success found while expanding counts in V along its path); false = the official code: only the "
@@ -278,6 +282,14 @@ class Config(Section):
         except (KeyError, TypeError):
             raise ConfigError(f"unknown environment {name!r}; expected one of {', '.join(self.envs)}") from None
 
+    def task_slice(self, name: str, split: str, limit: int | None = None) -> slice:
+        """The default tasks of ``split`` as positions in ``env.task_ids(split)``: the first ``limit``
+        (default: the environment's ``<split>_tasks``), from ``train_start`` on for the train split."""
+        settings = self.env(name)
+        start = settings.train_start if split == "train" else 0
+        count = getattr(settings, f"{split}_tasks") if limit is None else limit
+        return slice(start, start + count)
+
     def __getattr__(self, name: str) -> Any:
         # ``config.<env>`` is ``config.envs[<env>]``; everything else is pydantic's own lookup
         envs = self.__dict__.get("envs")
@@ -300,21 +312,27 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {**CLONED_AGENT},
     "cpu": {
         **CLONED_AGENT,
-        # sized from measured costs on 2 shared cores so that `make reproduce` fits in about 2 hours:
-        # WebShop ≈ 2.5 s per sampled step and ≈ 9 s per Q-guided step (n=5, 48-token turns),
-        # HotPotQA episodes are mostly 1-3 steps. See README, Profiles.
-        "webshop.max_steps": 6,
-        "webshop.train_tasks": 6,
-        "webshop.valid_tasks": 2,
-        "webshop.test_tasks": 5,
+        # The paper's search, step limits and test-set size on the behaviour-cloned agent, sized from
+        # measurements on 2 cores (README, Profiles): an MCTS tree of the cloned agent costs ≈ 40 s (WebShop) /
+        # ≈ 20 s (HotPotQA) and gives ≈ 1.2 (WebShop) step pairs, because the agent often succeeds in the first
+        # rollout and its candidates are few and alike (trees exhaust before m=30).
+        "webshop.train_start": 200,  # the 150 cloning demonstrations use the first 163 train tasks
+        "webshop.train_tasks": 300,
+        "webshop.valid_tasks": 50,
+        "webshop.test_tasks": 100,
         "webshop.clone_demos": 150,
-        "hotpotqa.max_steps": 5,
-        "hotpotqa.train_tasks": 8,
-        "hotpotqa.valid_tasks": 2,
-        "hotpotqa.test_tasks": 12,
+        "hotpotqa.train_start": 300,  # the 300 cloning demonstrations use the first 300 train tasks
+        "hotpotqa.train_tasks": 600,
+        "hotpotqa.valid_tasks": 50,
+        "hotpotqa.test_tasks": 100,
         "hotpotqa.clone_demos": 300,
         "clone.curve": [50, 100],
-        "mcts.iterations": 5,
+        "mcts.iterations": 30,
+        "mcts.workers": 2,  # one model per worker with 1 thread each: ≈ 1.4x the trees per hour of 1 x 2 threads
+        "mcts.temperature": 1.0,  # expansions at the paper's T=1: at T=0.7 HotPotQA trees found 0 of 4 successes
+        # candidates of sampled / bon / q and its controls: T=0.7 (notebook 00's candidate sampling on valid
+        # tasks: pass@5 0.70 / 0.33 vs 0.60 / 0.30 at T=1); T=1 is an ablation row of notebook 05
+        "policy.temperature": 0.7,
         "policy.max_tokens": 96,  # the expert's longest turn is 77 tokens: no turn may be cut
         "dpo.batch_size": 4,
         "dpo.learning_rate": 5e-5,
@@ -322,11 +340,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dpo.max_length": 512,
         "dpo.lora": True,
         "dpo.lr_scheduler": "linear",
-        # the embedded 135M agent almost never succeeds: without this weak-agent option no tree gives pairs
-        "pairs.from_unsuccessful_trees": True,
         "qnet.epochs": 3,
-        "eval.methods": ["greedy", "sampled", "bon", "q", "random_pick", "qnet"],
-        "eval.ablation_tasks": 3,
+        "eval.ablation_tasks": 50,
         "eval.bootstrap_resamples": 5000,
     },
     "smoke": {

@@ -64,8 +64,8 @@ def task_spec_argument(spec: str) -> list[int]:
 
 def select_tasks(env: Environment, env_name: str, split: str, config: Config, limit: int | None,
                  tasks: Sequence[int] | None = None) -> list[int]:
-    """``tasks`` (ids of ``split``, checked) when given, else ``env.task_ids(split)[:limit]``; default
-    limit: the config's ``<split>_tasks`` of the environment."""
+    """``tasks`` (ids of ``split``, checked) when given, else the first ``limit`` ids of the split (default:
+    the config's ``<split>_tasks`` of the environment, from its ``train_start`` on for the train split)."""
     ids = list(env.task_ids(split))
     if tasks is not None:
         if limit is not None:
@@ -77,12 +77,10 @@ def select_tasks(env: Environment, env_name: str, split: str, config: Config, li
             raise ValueError(f"{len(unknown)} task id(s) not in {env_name}'s {split} split "
                              f"({len(ids)} tasks, ids {min(ids)}-{max(ids)}): {shown}")
         return list(tasks)
-    if limit is None:
-        try:
-            limit = getattr(config.env(env_name), f"{split}_tasks")
-        except ValueError:  # an environment without config settings (e.g. the toy env): all tasks
-            limit = len(ids)
-    return ids[:limit]
+    try:
+        return ids[config.task_slice(env_name, split, limit)]
+    except ValueError:  # an environment without config settings (e.g. the toy env): the first limit, or all
+        return ids[:limit]
 
 
 def method_n(method: str, n: int | None, config: Config) -> int:

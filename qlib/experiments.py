@@ -77,6 +77,10 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
     "trajectory_q": EpisodeSet(
         tag="table3_trajectory", methods=("q",), q_model="trajectory", label="trajectory",
         purpose="05: Q-guided acting with the trajectory-level Q model at each n (Table 3)."),
+    "sampling_temperature": EpisodeSet(
+        tag="table3_t{temperature}", methods=("sampled", "bon", "q"), q_model="step", label="step",
+        purpose="05: sampled, bon and q with the candidates sampled at temperature {temperature} instead of the "
+                "profile's (the paper samples at T=1): the candidate-sampling ablation row of Table 2."),
     "pair_subset": EpisodeSet(
         tag="fig5a_{pairs}", methods=("q",), q_model="step_{pairs}pairs", label="{pairs} pairs",
         purpose="06: Q-guided acting with a Q model trained on the first {pairs} step pairs (Fig. 5a)."),
@@ -89,8 +93,9 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
         purpose="00: greedy episodes of the cloned agent's learning-curve checkpoint after {demos} demos."),
     "agent_clone": EpisodeSet(
         tag="agent_clone", methods=("greedy", "bon"), q_model="", label="",
-        overrides={"policy.model": CLONE_NAME, "policy.icl": False},
-        purpose="00: the behaviour-cloned agent without few-shot examples: greedy and pass@n (bon at T=1)."),
+        overrides={"policy.model": CLONE_NAME, "policy.icl": False, "policy.temperature": 1.0},
+        purpose="00: the behaviour-cloned agent without few-shot examples: greedy and pass@n (bon at the paper's "
+                "T=1, whatever the profile samples q's candidates at)."),
     "agent_sampling": EpisodeSet(
         tag="agent_sampling_t{temperature}_p{top_p}", methods=("bon",), q_model="", label="",
         overrides={"policy.model": CLONE_NAME, "policy.icl": False},
@@ -154,7 +159,7 @@ def agent_episodes(config: Config, paths: RunPaths, *, tasks: int | Mapping[str,
                    envs: Sequence[str] | None = None, base_tasks: int | Mapping[str, int] | None = None,
                    pass_tasks: int | Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """Episodes of the base agent (greedy, few-shot prompt) and the cloned agent (greedy, and best-of-
-    ``pass_n`` samples at the profile's temperature = pass@n) on the first test tasks, under the paper's step
+    ``pass_n`` samples at T=1 = pass@n) on the first test tasks, under the paper's step
     limit; rows with the environment's extra metrics. Task counts are one number or one per environment;
     the base agent's and pass@n's default to ``tasks``."""
     rows: list[dict[str, Any]] = []
@@ -562,6 +567,40 @@ def candidates_grid(config: Config, paths: RunPaths, candidates: Sequence[int], 
     table = summary_of(rows, config).rename(columns={"method": "preference data"})
     table["paper"] = [paper_number("table3", env, (level, n)) for level, n in zip(table["preference data"], table.n)]
     return table
+
+
+def temperature_ablation(config: Config, paths: RunPaths, temperatures: Sequence[float], *,
+                         envs: Sequence[str] | None = None, tasks: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Notebook 05: sampled, bon and q (step-level Q, ``eval.n_candidates``) with candidates sampled at each
+    of ``temperatures``, beside the same methods at the profile's ``policy.temperature`` (notebook 04's
+    rows) on the same first ``tasks`` test tasks (default: ``eval.ablation_tasks``). One row per env,
+    temperature and method, with 95% bootstrap CIs."""
+    rows = []
+    for env_name in envs or env_names():
+        limit = per_env(tasks, env_name) or config.eval.ablation_tasks or None
+        q_model = load_q(paths, env_name, "step")
+        if q_model is None:
+            log.warning("%s: no step-level Q model (no pairs): temperature ablation skipped", env_name)
+            continue
+        methods = ["sampled", "bon", "q"]
+        own = run_episodes(config, paths, env_name, "test_methods", methods, q_model=q_model, limit=limit)
+        rows += [dict(r, temperature=config.policy.temperature) for r in own]
+        for temperature in temperatures:
+            if temperature == config.policy.temperature:
+                continue
+            overrides = {"policy.temperature": float(temperature)}
+            episodes = run_episodes(config, paths, env_name, "sampling_temperature", methods, q_model=q_model,
+                                    limit=limit, overrides=overrides, temperature=float(temperature))
+            rows += [dict(r, temperature=float(temperature)) for r in episodes]
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return pd.DataFrame()
+    tables = []
+    for temperature in sorted({r["temperature"] for r in done}):
+        table = summary_of([r for r in done if r["temperature"] == temperature], config)
+        table.insert(1, "temperature", temperature)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True).drop(columns=["oracle"], errors="ignore")
 
 
 def pair_counts(total: int, fractions: Sequence[float]) -> list[int]:

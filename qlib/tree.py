@@ -35,8 +35,9 @@ Tree file schema (``{env}_{task_id}.json``, one per task, written atomically)::
       "settings": {"iterations": 30, "n_candidates": 5, "eta": 2.0, "temperature": 1.0,
                    "early_stop": true, "depth_limit_reward": -0.5, "max_depth": 10,
                    "prompt_variant": "react", "backup_expansion_terminals": true, "select_terminals": false},
-      "config": {...}                # Config.to_dict() of the run (null when not given)
-    }
+      "config": {...},               # Config.to_dict() of the run (null when not given)
+      "agent": "full-157a0df8"       # added by qlib.collect: the behaviour-cloned agent's identity
+    }                                # (qlib.export.agent_identity; null for other policies)
 
 Best terminal node: the terminal node (search or rollout) with the highest evaluation reward ``q``
 (so a finished episode with reward 0 ranks above a truncated one); ties go to the shorter trajectory,

@@ -180,10 +180,14 @@ def test_selection_limit_then_shard():
     assert sorted(sum(parts, [])) == tasks
     with pytest.raises(ValueError):
         qcollect.select_tasks(tasks, None, (3, 3))
-    cpu = load_config("cpu")
-    assert qcollect.default_limit(cpu, "hotpotqa", "train") == cpu.hotpotqa.train_tasks
-    assert qcollect.default_limit(cpu, "webshop", "valid") == cpu.webshop.valid_tasks
-    assert qcollect.default_limit(load_config("cpu"), "toy", "train") is None
+    ids = list(range(100, 3000))
+    cpu = load_config("cpu", {"hotpotqa.train_start": 5})
+    train = qcollect.default_tasks(cpu, "hotpotqa", "train", ids, None)
+    assert train == ids[5:5 + cpu.hotpotqa.train_tasks]  # past the first train_start tasks
+    assert qcollect.default_tasks(cpu, "hotpotqa", "train", ids, 3) == ids[5:8]
+    assert qcollect.default_tasks(cpu, "hotpotqa", "valid", ids, None) == ids[:cpu.hotpotqa.valid_tasks]
+    assert qcollect.default_tasks(cpu, "toy", "train", ids, None) == ids  # an env the config does not know
+    assert qcollect.default_tasks(cpu, "toy", "train", ids, 4) == ids[:4]
 
 
 class UnsafePolicy(ToyPolicy):
@@ -193,6 +197,29 @@ class UnsafePolicy(ToyPolicy):
 def test_threads_give_the_same_trees(reference, tmp_path):
     summary = run(tmp_path, policy=UnsafePolicy(), workers=3)
     assert summary["done"] == N_TASKS and trees(tmp_path) == trees(reference[0])
+
+
+def test_local_backends_get_one_policy_per_worker_thread(reference, tmp_path, monkeypatch):
+    """Without a given policy, each worker thread builds its own with a share of the CPU threads; the trees
+    are those of one worker."""
+    import threading
+
+    built = []
+
+    def fake_default_policy(env_name, cfg):
+        built.append((threading.get_ident(), cfg.policy.n_threads))
+        return UnsafePolicy()
+
+    monkeypatch.setattr(qcollect, "default_policy", fake_default_policy)
+    assert config().policy.n_threads == 2
+    summary = qcollect.collect("toy", "train", config=config(), out_dir=tmp_path, env_factory=make_env, workers=2)
+    assert summary["done"] == N_TASKS and trees(tmp_path) == trees(reference[0])
+    assert len(built) == len({thread for thread, _ in built}) and 1 <= len(built) <= 2  # one per thread
+    assert {threads for _, threads in built} == {1}  # 2 threads shared by 2 workers
+    built.clear()
+    qcollect.collect("toy", "train", config=config(), out_dir=tmp_path / "one", env_factory=make_env, workers=1,
+                     limit=1)
+    assert [threads for _, threads in built] == [config().policy.n_threads]  # one worker keeps them all
 
 
 def test_stale_temp_files_are_removed(tmp_path):
@@ -258,6 +285,13 @@ def test_resume_refuses_trees_of_another_configuration(tmp_path):
         qcollect.collect("toy", "train", config=load_config("smoke", {**OVERRIDES, "policy.model": "x.gguf"}),
                          out_dir=out, policy=ToyPolicy(), env_factory=make_env, limit=3)
     assert sorted(p.name for p in out.glob("*.json")) == ["toy_0.json", "toy_1.json"]  # nothing was added
+    # a tree searched by another behaviour-cloned agent (same model name, other training) is not resumed
+    tree = json.loads((out / "toy_0.json").read_text())
+    assert tree["agent"] is None  # the toy policy is no clone
+    (out / "toy_0.json").write_text(json.dumps({**tree, "agent": "lora-r16-0badcafe"}))
+    with pytest.raises(qcollect.MismatchedTreesError, match="agent: 'lora-r16-0badcafe' there, None now"):
+        run(out, limit=3)
+    (out / "toy_0.json").write_text(json.dumps(tree))
     (out / "toy_1.json").write_text('{"env": "toy", "task_id": 1, "nod')
     with pytest.raises(qcollect.MismatchedTreesError, match="toy_1.json is not a readable tree file"):
         run(out, limit=3)

@@ -26,8 +26,18 @@ def test_default_profile_is_cpu_and_paper_has_table5_settings():
 
 def test_profiles_shrink_budgets():
     smoke, cpu, paper = (load_config(p) for p in ("smoke", "cpu", "paper"))
-    assert smoke.mcts.iterations < cpu.mcts.iterations < paper.mcts.iterations
+    assert smoke.mcts.iterations < cpu.mcts.iterations <= paper.mcts.iterations
     assert smoke.webshop.train_tasks < cpu.webshop.train_tasks < paper.webshop.train_tasks
+
+
+def test_cpu_profile_searches_tasks_the_agent_was_not_cloned_on():
+    """The cloning demonstrations come from the first train tasks (the expert solves most of them); the
+    cpu profile's MCTS starts past them, so the Q model learns from tasks as unseen as the test tasks."""
+    cpu = load_config("cpu")
+    for env in ("webshop", "hotpotqa"):
+        window = cpu.task_slice(env, "train")
+        assert window.start >= cpu.env(env).clone_demos and window.stop - window.start == cpu.env(env).train_tasks
+        assert cpu.task_slice(env, "test") == slice(0, 100)  # the paper's 100 test tasks
 
 
 def test_every_profile_override_names_a_real_key():
@@ -112,7 +122,7 @@ def test_env_settings_default_from_the_registry():
     config = Config()
     assert set(config.envs) == set(env_names())
     for name in env_names():
-        assert config.env(name).model_dump() == dict(get_spec(name).settings)
+        assert config.env(name).model_dump() == {"train_start": 0, **get_spec(name).settings}
     assert (config.env("webshop").max_steps, config.env("hotpotqa").max_steps) == (10, 7)
     assert config.webshop is config.envs["webshop"]  # attribute shorthand
     with pytest.raises(ConfigError, match="unknown environment 'nope'.*webshop"):
@@ -195,10 +205,10 @@ def test_config_copies_pickles_and_serialises():
     config = load_config("cpu", {"policy.base_url": "http://x/v1"})
     for clone in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
         assert clone == config and clone is not config
-        assert clone.webshop.max_steps == 6 and clone.env("hotpotqa").test_tasks == 12
+        assert clone.webshop.train_start == 200 and clone.env("hotpotqa").train_tasks == 600
         clone.webshop.max_steps = 9
-        assert config.webshop.max_steps == 6
+        assert config.webshop.max_steps == 10
     data = json.loads(config.to_json())
     assert data == json.loads(json.dumps(config.to_dict()))
-    assert data["envs"]["webshop"]["max_steps"] == 6 and data["mcts"]["iterations"] == 5
+    assert data["envs"]["webshop"]["max_steps"] == 10 and data["envs"]["webshop"]["train_start"] == 200
     assert "webshop" not in data and "hotpotqa" not in data

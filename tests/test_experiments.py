@@ -70,7 +70,8 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
 TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "base_agent_transfer": "transfer_base", "trajectory_q": "table3_trajectory",
                "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
                "agent_curve": "agent_curve_12", "agent_sampling": "agent_sampling_t0.7_p0.9",
-               "finetuned": "finetuned_rft", "self_train_explore": "self_train_step"}
+               "finetuned": "finetuned_rft", "self_train_explore": "self_train_step",
+               "sampling_temperature": "table3_t0.7"}
 
 
 def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
@@ -87,9 +88,32 @@ def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
     labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
     assert labels == {"test_methods": "step", "second_policy": "step", "base_agent_transfer": "step", "trajectory_q": "trajectory",
                       "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": "",
-                      "agent_sampling": "", "finetuned": "", "self_train_explore": "step"}
+                      "agent_sampling": "", "finetuned": "", "self_train_explore": "step",
+                      "sampling_temperature": "step"}
     assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"
     assert dict(ex.EPISODE_SETS["second_policy"].overrides) == {"policy.prompt": "reflection"}
+
+
+def test_temperature_ablation_reruns_only_other_temperatures(monkeypatch):
+    """The profile's temperature is notebook 04's rows; every other temperature gets its own file."""
+    from qlib.config import load_config
+
+    calls = []
+
+    def fake_run(config, paths, env, set_name, methods=None, *, limit=None, overrides=None, **kw):
+        calls.append((env, set_name, tuple(methods), limit, dict(overrides or {}), kw.get("temperature")))
+        reward = 0.25 if set_name == "test_methods" else 0.75
+        return [{"env": env, "split": "test", "task_id": t, "method": m, "n": 1 if m == "sampled" else 5,
+                 "reward": reward, "success": False} for m in methods for t in range(2)] + [{"error": "boom"}]
+
+    monkeypatch.setattr(ex, "run_episodes", fake_run)
+    monkeypatch.setattr(ex, "load_q", lambda paths, env, name: object())
+    config = load_config("smoke", {"policy.temperature": 0.7, "eval.bootstrap_resamples": 50})
+    table = ex.temperature_ablation(config, None, [0.7, 1.0], envs=["webshop"], tasks={"webshop": 2})
+    assert calls == [("webshop", "test_methods", ("sampled", "bon", "q"), 2, {}, None),
+                     ("webshop", "sampling_temperature", ("sampled", "bon", "q"), 2, {"policy.temperature": 1.0}, 1.0)]
+    assert list(table.temperature) == [0.7] * 3 + [1.0] * 3
+    assert list(table.method) == ["sampled", "bon", "q"] * 2 and list(table.reward) == [0.25] * 3 + [0.75] * 3
 
 
 def test_pair_counts_of_fractions():
