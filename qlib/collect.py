@@ -11,7 +11,7 @@ per task (schema in :mod:`qlib.mcts`) into ``out_dir``:
   for the train split, then shard ``i/k`` takes ``tasks[i::k]``;
 * **workers**: tasks run in ``workers`` threads (default ``config.mcts.workers``), each with its own
   environment and, for the local backends, its own model with a share of ``policy.n_threads``
-  (:class:`PolicyPerThread`); a given policy without a true ``thread_safe`` attribute is shared behind a lock;
+  (:class:`qlib.workers.PolicyPerThread`); a given policy without a true ``thread_safe`` attribute is shared behind a lock;
 * **failures**: an exception in a task is logged and the task retried ``retries`` times; a task that
   still fails is appended to ``{out_dir}/failures.jsonl`` (and retried by the next run, as it has no
   tree). ``KeyboardInterrupt`` and other non-``Exception`` errors stop the collection: pending tasks
@@ -38,67 +38,16 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from qlib import mcts
-from qlib.agent.base import Candidate, Message
-from qlib.envs.base import ActionSpace, Environment
+from qlib.envs.base import Environment
 from qlib.envs.registry import env_names
 from qlib.io import append_jsonl, read_jsonl, remove_stale_temp_files
 from qlib.tree import tree_path, write_tree
+from qlib.workers import shareable, worker_policy
 
 logger = logging.getLogger(__name__)
 
 FAILURES_FILE = "failures.jsonl"
 DEFAULT_RETRIES = 2
-
-
-class LockedPolicy:
-    """Serialises ``propose`` calls of a policy that is not thread-safe (local backends)."""
-
-    thread_safe = True
-
-    def __init__(self, policy: Any):
-        self.policy = policy
-        self._lock = threading.Lock()
-
-    def propose(
-        self,
-        messages: list[Message],
-        n: int,
-        *,
-        temperature: float | None = None,
-        action_space: ActionSpace | None = None,
-        seed: int | None = None,
-    ) -> list[Candidate]:
-        with self._lock:
-            return self.policy.propose(messages, n, temperature=temperature, action_space=action_space, seed=seed)
-
-
-class PolicyPerThread:
-    """One policy per worker thread, built on first use: local backends (llama.cpp, transformers) each load
-    their own copy of the model with a share of the CPU threads, so workers search in parallel instead of
-    queueing behind one lock (2 workers x 1 thread searched ≈ 1.4x more WebShop trees per hour than 1 x 2
-    on 2 cores: the environment's Python steps and the sampling overlap with the other worker's decoding)."""
-
-    thread_safe = True
-
-    def __init__(self, make: Callable[[], Any]):
-        self._make, self._local = make, threading.local()
-
-    def propose(self, messages: list[Message], n: int, **kwargs: Any) -> list[Candidate]:
-        if not hasattr(self._local, "policy"):
-            self._local.policy = self._make()
-        return self._local.policy.propose(messages, n, **kwargs)
-
-
-def worker_policy(env_name: str, config: Any, workers: int) -> Any:
-    """The policy of a collection with ``workers`` threads: the configured one (``workers == 1``, or an
-    endpoint, serialised behind a lock unless thread-safe), else one local model per worker thread with
-    ``policy.n_threads // workers`` CPU threads each."""
-    if workers == 1 or config.policy.backend == "openai":
-        return default_policy(env_name, config)
-    from qlib.config import with_overrides
-
-    share = with_overrides(config, {"policy.n_threads": max(1, config.policy.n_threads // workers)})
-    return PolicyPerThread(lambda: default_policy(env_name, share))
 
 
 @dataclass
@@ -114,13 +63,6 @@ def default_env_factory(env_name: str, config: Any) -> Callable[[], Environment]
     from qlib.envs import make
 
     return lambda: make(env_name, config)
-
-
-def default_policy(env_name: str, config: Any) -> Any:
-    """``qlib.agent.backends.make_policy(config.policy, env_name)``."""
-    from qlib.agent.backends import make_policy
-
-    return make_policy(config.policy, env_name)
 
 
 class MismatchedTreesError(RuntimeError):
@@ -241,8 +183,8 @@ def collect(
     if not pending:
         return _finish(summary, [], 0.0)
     policy = policy if policy is not None else worker_policy(env_name, config, workers)
-    if workers > 1 and not getattr(policy, "thread_safe", False):
-        policy = LockedPolicy(policy)
+    if workers > 1:
+        policy = shareable(policy)
     runner = _TaskRunner(env_name, split, config, out, policy, make_env, render, retries, first_env, agent)
     start = time.perf_counter()
     rewards: list[float] = []

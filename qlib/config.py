@@ -236,6 +236,8 @@ class EvalConfig(Section):
     """Stage 4: acting with the Q-value model and the baselines."""
 
     n_candidates: int = Field(5, ge=1, description="candidate turns per step for bon, q and the pick baselines")
+    workers: int = Field(1, ge=1, description="episodes run concurrently (local backends: one model per worker, "
+                         "policy.n_threads split between them; one Q model shared, its calls serialised)")
     methods: list[str] = Field(
         ["greedy", "sampled", "bon", "q", "random_pick", "logprob_pick", "qnet"],
         description="Table 2 methods (notebook 04)",
@@ -328,7 +330,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "hotpotqa.clone_demos": 300,
         "clone.curve": [50, 100],
         "mcts.iterations": 30,
-        "mcts.workers": 2,  # one model per worker with 1 thread each: ≈ 1.4x the trees per hour of 1 x 2 threads
+        # one model per worker with 1 thread each (`make bench`, workers: 1.82x the trees and 1.86x the episodes
+        # per hour of 1 worker x 2 threads, same trees and rewards)
+        "mcts.workers": 2,
+        "eval.workers": 2,
         "mcts.temperature": 1.0,  # expansions at the paper's T=1: at T=0.7 HotPotQA trees found 0 of 4 successes
         # candidates of sampled / bon / q and its controls: T=0.7 (notebook 00's candidate sampling on valid
         # tasks: pass@5 0.70 / 0.33 vs 0.60 / 0.30 at T=1); T=1 is an ablation row of notebook 05

@@ -38,6 +38,25 @@ def row_key(row: dict[str, Any]) -> tuple:
     return tuple(row.get(k) for k in RESULT_KEY)
 
 
+def fingerprint_matches(row: dict[str, Any], meta: dict[str, Any]) -> bool:
+    keys = FINGERPRINT + (("qmodel",) if row.get("method") in SCORED else ())
+    return all(row.get(k) == meta[k] for k in keys)
+
+
+def shared_rows(sources: list[Path], meta: dict[str, Any], tasks: list[int]) -> dict[int, dict[str, Any]]:
+    """Finished rows of this exact run (same key and fingerprint) in other episode files, keyed by task id:
+    the same episode another notebook already ran (e.g. notebook 00's greedy cloned agent is Table 2's
+    ``greedy``). A copy is marked ``copied_from`` (its compute is counted once, in its source)."""
+    found: dict[int, dict[str, Any]] = {}
+    wanted = {row_key({**meta, "task_id": t}): t for t in tasks}
+    for source in sources:
+        for row in load_results(source):
+            task = wanted.get(row_key(row))
+            if task is not None and task not in found and fingerprint_matches(row, meta):
+                found[task] = {**row, "copied_from": row.get("copied_from") or Path(source).name}
+    return found
+
+
 def check_fingerprint(done: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Refuse to resume into rows produced by a different policy/prompt/step limit/Q model."""
     for row in done:

@@ -11,14 +11,19 @@ and the episode is retried on the next run. :class:`FatalEvalError` (a misconfig
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
 import logging
 import os
+import queue
+import re
 import sys
 import time
-import re
 import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from qlib.agent.base import Policy
 from qlib.agent.prompts import render_messages
@@ -26,11 +31,12 @@ from qlib.config import Config, load_config, parse_overrides
 from qlib.envs.base import Environment, check_split
 from qlib.envs.registry import env_names
 from qlib.io import append_jsonl
-from qlib.episode_store import is_result, resume
+from qlib.episode_store import is_result, resume, shared_rows
 from qlib.episodes import (
     METHODS, SCORED, SINGLE, FatalEvalError, Render, Runner, is_success, run_best_of_n, run_episode,
 )
 from qlib.qmodel.protocol import QModel
+from qlib.workers import SharedScorer, shareable, worker_policy
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +113,9 @@ def evaluate(
     env: Environment | None = None,
     render: Render | None = None,
     qmodel_name: str | None = None,
+    shared: Sequence[str | Path] = (),
+    workers: int | None = None,
+    env_factory: Callable[[], Environment] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``method`` over the first ``limit`` tasks of ``split`` (or the task ids ``tasks``); return one result
     row per finished episode.
@@ -114,19 +123,30 @@ def evaluate(
     Rows already in ``out`` for the same (env, split, task_id, method, n, seed) are reused, new rows
     are appended per episode; episodes that raised are written as ``error`` rows and left out of the
     returned list (retried next time). ``qmodel_name`` labels the rows (default: ``q_model.path``).
+    Rows of this exact run (key and fingerprint) in the episode files ``shared`` are copied into ``out``
+    instead of being run again (:func:`qlib.episode_store.shared_rows`).
+
+    ``workers`` (default ``eval.workers``) episodes run at once, each worker with its own environment from
+    ``env_factory`` (default: the registry's; a given ``env`` without a factory means one worker), its own
+    local model (:func:`qlib.workers.worker_policy`, when ``policy`` is not given) and the shared Q model
+    (:class:`qlib.workers.SharedScorer`). An episode's seeds depend on its task only, so the rows do not
+    depend on the number of workers (the file's row order does).
     """
     check_split(split)
     k = method_n(method, n, config)
     if method in SCORED and q_model is None:
         raise ValueError(f"method {method!r} needs a q_model")
+    workers = max(1, workers or config.eval.workers)
     if env is None:
-        from qlib.envs import make
+        if env_factory is None:
+            from qlib.envs import make
 
-        env = make(env_name, config)
+            env_factory = functools.partial(make, env_name, config)
+        env = env_factory()
+    if env_factory is None:
+        workers = 1
     if policy is None:
-        from qlib.agent.backends import make_policy
-
-        policy = make_policy(config.policy, env_name)
+        policy = worker_policy(env_name, config, workers)
     runner = Runner(env_name, env, policy, render or render_messages, config.policy.prompt,
                     config.policy.temperature, config.seed, q_model if method in SCORED else None,
                     icl=config.policy.icl, peek_reward=peeks(method, config))
@@ -136,10 +156,18 @@ def evaluate(
     meta = row_meta(env_name, split, method, k, config, env.max_steps, qname)
     tasks = select_tasks(env, env_name, split, config, limit, tasks)
     done = resume(out, meta, tasks)
+    copies = shared_rows([Path(p) for p in shared if Path(p).exists()], meta, [t for t in tasks if t not in done])
+    for task_id, row in copies.items():
+        if out is not None:
+            append_jsonl(out, row)
+        done[task_id] = row
     todo = [t for t in tasks if t not in done]
     log.info("%s/%s %s n=%d: %d tasks, %d already done",
              env_name, split, method, k, len(tasks), len(tasks) - len(todo))
-    failed = run_tasks(runner, todo, meta, done, out)
+    if workers > 1 and len(todo) > 1:
+        failed = run_parallel(runner, todo, meta, done, out, workers, env_factory)
+    else:
+        failed = run_tasks(runner, todo, meta, done, out)
     if failed:
         log.warning("%d episode(s) failed (error rows written); run again to retry them", failed)
     return [done[t] for t in tasks if t in done]
@@ -178,6 +206,68 @@ def run_tasks(runner: Runner, todo: list[int], meta: dict[str, Any], done: dict[
         rewards = [r["reward"] for r in done.values()]
         bar.set_postfix(reward=f"{sum(rewards) / max(len(rewards), 1):.3f}", errors=failed, refresh=False)
     return failed
+
+
+def run_parallel(runner: Runner, todo: list[int], meta: dict[str, Any], done: dict[int, dict], out: Any,
+                 workers: int, env_factory: Callable[[], Environment]) -> int:
+    """:func:`run_tasks` with ``workers`` threads, each with its own :class:`Runner` (environment); the policy
+    and Q model are shared thread-safely. Rows are appended by this thread as episodes finish."""
+    from tqdm.auto import tqdm
+
+    workers = min(workers, len(todo))
+    policy = shareable(runner.policy)
+    scorer = runner.q_model
+    if scorer is not None and not getattr(scorer, "thread_safe", False):
+        scorer = SharedScorer(scorer)
+    idle: queue.SimpleQueue[Runner] = queue.SimpleQueue()
+    for i in range(workers):
+        idle.put(dataclasses.replace(runner, env=runner.env if i == 0 else env_factory(), policy=policy,
+                                     q_model=scorer))
+
+    def one(task_id: int) -> dict[str, Any]:
+        own = idle.get()
+        try:
+            return run_task(own, task_id, meta)
+        finally:
+            idle.put(own)
+
+    failed = 0
+    torch_threads = torch_threads_per_worker(workers) if scorer is not None else contextlib.nullcontext()
+    bar = tqdm(total=len(todo), desc=f"{meta['env']}/{meta['method']} x{workers}", unit="ep")
+    with torch_threads, ThreadPoolExecutor(workers, thread_name_prefix="episode") as pool:
+        futures = [pool.submit(one, t) for t in todo]
+        try:
+            for future in as_completed(futures):
+                row = future.result()
+                if out is not None:
+                    append_jsonl(out, row)
+                if is_result(row):
+                    done[row["task_id"]] = row
+                else:
+                    failed += 1
+                bar.update(1)
+                rewards = [r["reward"] for r in done.values()]
+                bar.set_postfix(reward=f"{sum(rewards) / max(len(rewards), 1):.3f}", errors=failed, refresh=False)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            bar.close()
+    return failed
+
+
+@contextlib.contextmanager
+def torch_threads_per_worker(workers: int) -> Iterator[None]:
+    """torch's intra-op threads divided between ``workers`` (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_task(runner: Runner, task_id: int, meta: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +322,6 @@ def run(args: argparse.Namespace) -> int:
     if scored and not args.qmodel:
         print("error: --qmodel is required for methods q / qnet / qnet_lookahead", file=sys.stderr)
         return 2
-    from qlib.agent.backends import make_policy
     from qlib.envs import make
 
     env = make(args.env, config)
@@ -241,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    policy = make_policy(config.policy, args.env)
+    policy = worker_policy(args.env, config, config.eval.workers)
     q_model = load_scorer(args.qmodel) if scored else None
     from qlib.workbook.layout import run_paths
 
@@ -251,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
         expected += len(select_tasks(env, args.env, args.split, config, args.limit, args.tasks))
         rows += evaluate(args.env, args.split, method, config=config, policy=policy, q_model=q_model,
                          n=args.n, limit=args.limit, tasks=args.tasks, out=out, env=env,
+                         env_factory=functools.partial(make, args.env, config),
                          qmodel_name=os.path.normpath(args.qmodel) if args.qmodel else None)
     print_summary(rows, methods, config)
     print(f"results: {out} ({len(rows)}/{expected} episodes)")

@@ -52,6 +52,7 @@ class EpisodeSet:
     purpose: str  # who writes it, who reads it
     overrides: Mapping[str, Any] = field(default_factory=dict)  # config overrides of its policy
     qnet: str | None = None  # Q*Agent model scoring its ``qnet`` rows
+    shared: Mapping[str, str] = field(default_factory=dict)  # method -> episode set whose identical rows it reuses
 
     def file_tag(self, **fields: Any) -> str:
         return self.tag.format(**fields)
@@ -60,10 +61,11 @@ class EpisodeSet:
 #: every episode file of the workbook, by name
 EPISODE_SETS: dict[str, EpisodeSet] = {
     "test_methods": EpisodeSet(
-        tag="table2", methods=(), q_model="step", label="step", qnet="qnet",
+        tag="table2", methods=(), q_model="step", label="step", qnet="qnet", shared={"greedy": "agent_clone"},
         purpose="04: every Table 2 method on the test tasks with the profile's policy. Reused by 05 "
                 "(step-level Q at each n), 06 (sampled = 0 pairs, q = all pairs), 07 (the sampled episodes "
-                "of Fig. 4b) and 08 (the ReAct rows)."),
+                "of Fig. 4b) and 08 (the ReAct rows). Its greedy rows are notebook 00's cloned greedy "
+                "episodes where those match (same agent, tasks and step limit)."),
     "second_policy": EpisodeSet(
         tag="transfer", methods=("sampled", "q"), q_model="step", label="step",
         overrides={"policy.prompt": "reflection"},
@@ -450,9 +452,9 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     ``q_model`` (default: the set's Q model), ``qnet`` and ``qnet_lookahead`` rows by the set's QNet; a
     scored method whose model was not trained is skipped with a warning. Rows get the environment's extra metrics.
     """
-    from qlib.agent.backends import make_policy
     from qlib.episodes import SCORED
     from qlib.evaluate import evaluate
+    from qlib.workers import worker_policy
 
     episode_set = EPISODE_SETS[set_name]
     run_config = with_overrides(config, episode_set.overrides if overrides is None else overrides)
@@ -462,7 +464,7 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     qnet_methods = ("qnet", "qnet_lookahead")  # the methods a QNet scores
     uses_qnet = any(m in qnet_methods for m in methods)
     qnet = load_q(paths, env_name, episode_set.qnet) if uses_qnet and episode_set.qnet else None
-    policy = make_policy(run_config.policy, env_name)
+    policy = worker_policy(env_name, run_config, run_config.eval.workers)
     out = paths.episode_set(set_name, env_name, **fields)
     rows: list[dict[str, Any]] = []
     for method in methods:
@@ -470,8 +472,9 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
         if method in SCORED and scorer is None:
             log.warning("%s: no Q model for %s, method skipped", env_name, method)
             continue
+        shared = [paths.episode_set(episode_set.shared[method], env_name)] if method in episode_set.shared else []
         rows += evaluate(env_name, split, method, config=run_config, policy=policy, q_model=scorer, n=n,
-                         limit=limit, out=out, qmodel_name=episode_set.label.format(**fields))
+                         limit=limit, out=out, qmodel_name=episode_set.label.format(**fields), shared=shared)
     return add_row_metrics(rows)
 
 
@@ -867,10 +870,10 @@ def finetune_data(config: Config, paths: RunPaths, env_name: str, row: str) -> t
     q_model = load_q(paths, env_name, scorer)
     if q_model is None:
         return [], {}
-    from qlib.agent.backends import make_policy
+    from qlib.workers import worker_policy
 
     episodes = add_row_metrics(ft.explore(
-        env_name, config, policy=make_policy(config.policy, env_name), q_model=q_model, method=method,
+        env_name, config, policy=worker_policy(env_name, config, config.eval.workers), q_model=q_model, method=method,
         out=paths.episode_set("self_train_explore", env_name, scorer=scorer), qmodel_name=scorer))
     spent = {"explore_episodes": len(episodes), "explore_seconds": round(sum(r["wall_s"] for r in episodes), 2),
              "explore_tokens": sum(r["tokens_generated"] + r["prompt_tokens"] + r["q_tokens"] for r in episodes)}

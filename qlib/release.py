@@ -54,11 +54,13 @@ def release_dir(paths: RunPaths) -> Path:
 
 
 def jsonl_compute(rows: Iterable[dict[str, Any]]) -> tuple[int, float]:
-    """(rows, compute seconds) of episode-like rows (``wall_s``) or trees (``stats.seconds``)."""
+    """(rows, compute seconds) of episode-like rows (``wall_s``) or trees (``stats.seconds``); a row copied
+    from another episode file (``copied_from``) counts its compute there only."""
     n, seconds = 0, 0.0
     for row in rows:
         n += 1
-        seconds += float(row.get("wall_s") or (row.get("stats") or {}).get("seconds") or 0.0)
+        if not row.get("copied_from"):
+            seconds += float(row.get("wall_s") or (row.get("stats") or {}).get("seconds") or 0.0)
     return n, seconds
 
 

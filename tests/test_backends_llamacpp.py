@@ -82,3 +82,37 @@ def test_greedy_matches_llama_cpp_and_logprob_matches_its_scores(pol):
     choice = out["choices"][0]
     assert cand[0].raw == choice["text"]
     assert cand[0].logprob == pytest.approx(sum(choice["logprobs"]["token_logprobs"]), abs=0.05)
+
+
+PER_THREAD_SCRIPT = r"""
+import json, sys, threading
+from qlib.agent.backends import make_policy
+from qlib.config import PolicyConfig
+from qlib.envs.base import ActionSpace
+from qlib.workers import PolicyPerThread
+
+space = ActionSpace({"click": ("Buy Now", "< Prev")})
+messages = json.loads(sys.argv[1])
+shared = PolicyPerThread(lambda: make_policy(PolicyConfig(backend="llamacpp", max_tokens=16, n_ctx=512, n_threads=1),
+                                             "webshop"))
+out = {}
+threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, shared.propose(messages, 2, temperature=1.0,
+                                                                                action_space=space, seed=3)))
+           for k in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"same": [c.text for c in out[0]] == [c.text for c in out[1]]}), flush=True)
+"""
+
+
+def test_two_worker_models_load_at_once_and_keep_the_process_output():
+    """Worker threads each load their own model (qlib.workers.PolicyPerThread): same seed, same candidates, and
+    the process's stdout still works afterwards (llama.cpp's silenced loading swaps descriptor 1)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PER_THREAD_SCRIPT, json.dumps(SHOP)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"same": True}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qlib import collect as qcollect
+from qlib import workers as qworkers
 from qlib.config import load_config
 from qlib.testing.toy import ToyEnv, ToyPolicy
 from qlib.tree import load_tree, strip_volatile
@@ -204,13 +205,19 @@ def test_local_backends_get_one_policy_per_worker_thread(reference, tmp_path, mo
     are those of one worker."""
     import threading
 
-    built = []
+    import time
+
+    built, building = [], []
 
     def fake_default_policy(env_name, cfg):
+        building.append(1)  # never two builds at once (llama.cpp's silenced loading swaps the stdout descriptor)
+        assert len(building) == 1
+        time.sleep(0.05)
         built.append((threading.get_ident(), cfg.policy.n_threads))
+        building.pop()
         return UnsafePolicy()
 
-    monkeypatch.setattr(qcollect, "default_policy", fake_default_policy)
+    monkeypatch.setattr(qworkers, "default_policy", fake_default_policy)
     assert config().policy.n_threads == 2
     summary = qcollect.collect("toy", "train", config=config(), out_dir=tmp_path, env_factory=make_env, workers=2)
     assert summary["done"] == N_TASKS and trees(tmp_path) == trees(reference[0])

@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -320,6 +321,71 @@ def test_resume_refuses_another_configuration(config, tmp_path):
     config.policy.model = "another-model"
     with pytest.raises(FatalEvalError, match="policy"):
         run("sampled", config, SeededPolicy(), out=out, limit=2)
+
+
+def test_identical_episodes_of_another_file_are_copied_not_rerun(config, tmp_path):
+    """Shared episodes: a run finds its rows (same key and fingerprint) in another notebook's file."""
+    source, out = tmp_path / "agent_clone.jsonl", tmp_path / "table2.jsonl"
+    ran = run("greedy", config, SeededPolicy(), out=source, limit=3)
+    env = GuessEnv()
+    rows = run("greedy", config, SeededPolicy(), out=out, limit=4, env=env, shared=[source, tmp_path / "missing.jsonl"])
+    assert env.reset_calls == 1  # only task 3 ran
+    assert strip(rows[:3]) == [{**r, "copied_from": "agent_clone.jsonl"} for r in strip(ran)]
+    assert "copied_from" not in rows[3] and len(load_results(out)) == 4
+    from qlib.release import jsonl_compute
+    assert jsonl_compute(load_results(out))[1] == pytest.approx(rows[3]["wall_s"])  # compute counted once
+    # rows of another configuration (here another step limit) are not taken
+    env = GuessEnv(max_steps=2)
+    run("greedy", config, SeededPolicy(), out=tmp_path / "short.jsonl", limit=2, env=env, shared=[source])
+    assert env.reset_calls == 2
+
+
+class CachingScorer(TableScorer):
+    """A TableScorer with a DPO Q model's ``caches`` dict: records the cache each call ran with."""
+
+    def __init__(self, table):
+        super().__init__(table)
+        self.caches = {"policy": None, "ref": None}
+        self.seen: list[tuple[int, int]] = []
+
+    def score(self, messages, candidates):
+        self.seen.append((threading.get_ident(), id(self.caches["policy"])))
+        return super().score(messages, candidates)
+
+
+class MeetingPolicy(SeededPolicy):
+    """A SeededPolicy whose first two calls wait for each other: proof that two episodes run at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.barrier, self.first = threading.Barrier(2, timeout=20), 2
+
+    def propose(self, messages, n, **kwargs):
+        if self.first > 0:
+            self.first -= 1
+            self.barrier.wait()
+        return super().propose(messages, n, **kwargs)
+
+
+def test_parallel_workers_give_the_rows_of_one_worker(config, tmp_path):
+    table = {"guess[1]": 1.0, "hint[]": 0.5, "guess[3]": 0.2}
+    one = run("q", config, SeededPolicy(), q_model=TableScorer(table), n=3, limit=8, out=tmp_path / "one.jsonl")
+    scorer, policy = CachingScorer(table), MeetingPolicy()
+    policy.thread_safe = True  # shared as it is: the barrier needs two threads inside propose at once
+    many = run("q", config, policy, q_model=scorer, n=3, limit=8, out=tmp_path / "many.jsonl", workers=3,
+               env_factory=GuessEnv)
+    assert strip(many) == strip(one)  # same rows, q_tokens of each episode included
+    assert sorted(r["task_id"] for r in read_rows(tmp_path / "many.jsonl")) == list(range(8))
+    assert scorer.scored_tokens == sum(r["q_tokens"] for r in many)
+    caches = {}
+    for thread, cache in scorer.seen:
+        caches.setdefault(thread, set()).add(cache)
+    assert len(caches) >= 2 and all(len(c) == 1 for c in caches.values())  # one prefix cache per thread
+    assert len(set().union(*caches.values())) == len(caches)
+    # an environment given without a factory: one worker (no second environment to run in)
+    env = GuessEnv()
+    single = run("sampled", config, SeededPolicy(), limit=3, env=env, workers=3)
+    assert env.reset_calls == 3 and len(single) == 3
 
 
 def test_prompt_and_temperature_are_part_of_the_row_key(config, tmp_path):

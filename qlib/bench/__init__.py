@@ -3,7 +3,8 @@
 All benchmark code lives in this package, one module per stage: ``envs`` (search latency of every
 registered environment), ``policy`` (constrained decoding, n-vs-1 cost), ``mcts`` (trees per hour),
 ``qmodel`` (shared-prefix scoring, DPO seconds per pair), ``clone`` (the behaviour-cloned agent's GGUF vs
-the base GGUF, decode tokens/s)."""
+the base GGUF, decode tokens/s), ``workers`` (1 worker x all threads vs 1 thread per worker: MCTS and
+episodes)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ BENCHES: dict[str, str] = {
     "mcts": "qlib.bench.mcts:bench_mcts",
     "qmodel": "qlib.bench.qmodel:bench_qmodel",
     "clone": "qlib.bench.clone:bench_clone",
+    "workers": "qlib.bench.workers:bench_workers",
 }
 
 
