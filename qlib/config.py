@@ -324,7 +324,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "webshop.test_tasks": 100,
         "webshop.clone_demos": 150,
         "hotpotqa.train_start": 300,  # the 300 cloning demonstrations use the first 300 train tasks
-        "hotpotqa.train_tasks": 600,
+        "hotpotqa.train_tasks": 400,
         "hotpotqa.valid_tasks": 50,
         "hotpotqa.test_tasks": 100,
         "hotpotqa.clone_demos": 300,
