@@ -84,6 +84,7 @@ def _tree_text(path: Path) -> str:
     for key in LATER_SETTINGS:
         tree["settings"].pop(key, None)
     tree.pop("config", None)  # the config snapshot changes shape with the config library, not behaviour
+    tree.pop("agent", None)  # the searching clone's identity: bookkeeping added after the recording
     return json.dumps(tree, sort_keys=True, ensure_ascii=False)
 
 
