@@ -123,15 +123,6 @@ def select_tasks(
     return tasks
 
 
-def default_tasks(config: Any, env_name: str, split: str, ids: Sequence[Any], limit: int | None) -> list[Any]:
-    """The config's tasks of ``split`` (:meth:`Config.task_slice`); for envs the config does not know, the
-    first ``limit`` (default all)."""
-    try:
-        return list(ids)[config.task_slice(env_name, split, limit)]
-    except ValueError:
-        return list(ids)[:limit]
-
-
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``"i/k"`` → ``(i, k)``."""
     if not text:
@@ -165,7 +156,7 @@ def collect(
     remove_stale_temp_files(out)
     make_env = env_factory or default_env_factory(env_name, config)
     first_env = make_env()
-    tasks = select_tasks(default_tasks(config, env_name, split, first_env.task_ids(split), limit), None, shard)
+    tasks = select_tasks(config.default_tasks(env_name, split, first_env.task_ids(split), limit), None, shard)
     pending = [t for t in tasks if not tree_path(out, env_name, t).exists()]
     skipped = len(tasks) - len(pending)
     settings = asdict(mcts.search_settings(config, env_name, first_env))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import typing
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -291,6 +291,13 @@ class Config(Section):
         start = settings.train_start if split == "train" else 0
         count = getattr(settings, f"{split}_tasks") if limit is None else limit
         return slice(start, start + count)
+
+    def default_tasks(self, name: str, split: str, ids: Sequence[Any], limit: int | None = None) -> list[Any]:
+        """``ids[self.task_slice(...)]``; for an environment the config has no settings for (a test fixture),
+        the first ``limit`` ids (default all)."""
+        if name not in self.envs:
+            return list(ids)[:limit]
+        return list(ids)[self.task_slice(name, split, limit)]
 
     def __getattr__(self, name: str) -> Any:
         # ``config.<env>`` is ``config.envs[<env>]``; everything else is pydantic's own lookup

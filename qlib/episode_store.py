@@ -38,9 +38,10 @@ def row_key(row: dict[str, Any]) -> tuple:
     return tuple(row.get(k) for k in RESULT_KEY)
 
 
-def fingerprint_matches(row: dict[str, Any], meta: dict[str, Any]) -> bool:
+def fingerprint_diff(row: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fingerprint fields where ``row`` differs from the run ``meta``: {key: (row's, run's)}."""
     keys = FINGERPRINT + (("qmodel",) if row.get("method") in SCORED else ())
-    return all(row.get(k) == meta[k] for k in keys)
+    return {k: (row.get(k), meta[k]) for k in keys if row.get(k) != meta[k]}
 
 
 def shared_rows(sources: list[Path], meta: dict[str, Any], tasks: list[int]) -> dict[int, dict[str, Any]]:
@@ -52,7 +53,7 @@ def shared_rows(sources: list[Path], meta: dict[str, Any], tasks: list[int]) -> 
     for source in sources:
         for row in load_results(source):
             task = wanted.get(row_key(row))
-            if task is not None and task not in found and fingerprint_matches(row, meta):
+            if task is not None and task not in found and not fingerprint_diff(row, meta):
                 found[task] = {**row, "copied_from": row.get("copied_from") or Path(source).name}
     return found
 
@@ -60,8 +61,7 @@ def shared_rows(sources: list[Path], meta: dict[str, Any], tasks: list[int]) -> 
 def check_fingerprint(done: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Refuse to resume into rows produced by a different policy/prompt/step limit/Q model."""
     for row in done:
-        keys = FINGERPRINT + (("qmodel",) if row.get("method") in SCORED else ())
-        diff = {k: (row.get(k), meta[k]) for k in keys if row.get(k) != meta[k]}
+        diff = fingerprint_diff(row, meta)
         if diff:
             raise FatalEvalError(f"the output file holds rows of another configuration {diff}; "
                                  "use another --out")

@@ -83,10 +83,7 @@ def select_tasks(env: Environment, env_name: str, split: str, config: Config, li
             raise ValueError(f"{len(unknown)} task id(s) not in {env_name}'s {split} split "
                              f"({len(ids)} tasks, ids {min(ids)}-{max(ids)}): {shown}")
         return list(tasks)
-    try:
-        return ids[config.task_slice(env_name, split, limit)]
-    except ValueError:  # an environment without config settings (e.g. the toy env): the first limit, or all
-        return ids[:limit]
+    return config.default_tasks(env_name, split, ids, limit)
 
 
 def method_n(method: str, n: int | None, config: Config) -> int:
@@ -144,7 +141,7 @@ def evaluate(
             env_factory = functools.partial(make, env_name, config)
         env = env_factory()
     if env_factory is None:
-        workers = 1
+        workers = 1  # no second environment to run in
     if policy is None:
         policy = worker_policy(env_name, config, workers)
     runner = Runner(env_name, env, policy, render or render_messages, config.policy.prompt,
@@ -156,7 +153,7 @@ def evaluate(
     meta = row_meta(env_name, split, method, k, config, env.max_steps, qname)
     tasks = select_tasks(env, env_name, split, config, limit, tasks)
     done = resume(out, meta, tasks)
-    copies = shared_rows([Path(p) for p in shared if Path(p).exists()], meta, [t for t in tasks if t not in done])
+    copies = shared_rows([Path(p) for p in shared], meta, [t for t in tasks if t not in done])
     for task_id, row in copies.items():
         if out is not None:
             append_jsonl(out, row)
@@ -164,10 +161,7 @@ def evaluate(
     todo = [t for t in tasks if t not in done]
     log.info("%s/%s %s n=%d: %d tasks, %d already done",
              env_name, split, method, k, len(tasks), len(tasks) - len(todo))
-    if workers > 1 and len(todo) > 1:
-        failed = run_parallel(runner, todo, meta, done, out, workers, env_factory)
-    else:
-        failed = run_tasks(runner, todo, meta, done, out)
+    failed = run_tasks(runner, todo, meta, done, out, workers, env_factory)
     if failed:
         log.warning("%d episode(s) failed (error rows written); run again to retry them", failed)
     return [done[t] for t in tasks if t in done]
@@ -189,32 +183,38 @@ def row_meta(env_name: str, split: str, method: str, n: int, config: Config, max
             "qmodel": qmodel}
 
 
-def run_tasks(runner: Runner, todo: list[int], meta: dict[str, Any], done: dict[int, dict], out: Any) -> int:
-    """Run the remaining episodes with a progress bar; returns how many failed."""
+def run_tasks(runner: Runner, todo: list[int], meta: dict[str, Any], done: dict[int, dict], out: Any,
+              workers: int = 1, env_factory: Callable[[], Environment] | None = None) -> int:
+    """Run the remaining episodes (in ``workers`` threads: :func:`episode_rows`) with a progress bar,
+    appending each row to ``out`` as it finishes; returns how many failed."""
     from tqdm.auto import tqdm
 
     failed = 0
-    bar = tqdm(todo, desc=f"{meta['env']}/{meta['method']}", unit="ep")
-    for task_id in bar:
-        row = run_task(runner, task_id, meta)
-        if out is not None:
-            append_jsonl(out, row)
-        if is_result(row):
-            done[task_id] = row
-        else:
-            failed += 1
-        rewards = [r["reward"] for r in done.values()]
-        bar.set_postfix(reward=f"{sum(rewards) / max(len(rewards), 1):.3f}", errors=failed, refresh=False)
+    workers = min(workers, len(todo))
+    desc = f"{meta['env']}/{meta['method']}" + (f" x{workers}" if workers > 1 else "")
+    with tqdm(total=len(todo), desc=desc, unit="ep") as bar:
+        for row in episode_rows(runner, todo, meta, workers, env_factory):
+            if out is not None:
+                append_jsonl(out, row)
+            if is_result(row):
+                done[row["task_id"]] = row
+            else:
+                failed += 1
+            bar.update(1)
+            rewards = [r["reward"] for r in done.values()]
+            bar.set_postfix(reward=f"{sum(rewards) / max(len(rewards), 1):.3f}", errors=failed, refresh=False)
     return failed
 
 
-def run_parallel(runner: Runner, todo: list[int], meta: dict[str, Any], done: dict[int, dict], out: Any,
-                 workers: int, env_factory: Callable[[], Environment]) -> int:
-    """:func:`run_tasks` with ``workers`` threads, each with its own :class:`Runner` (environment); the policy
-    and Q model are shared thread-safely. Rows are appended by this thread as episodes finish."""
-    from tqdm.auto import tqdm
-
-    workers = min(workers, len(todo))
+def episode_rows(runner: Runner, todo: list[int], meta: dict[str, Any], workers: int,
+                 env_factory: Callable[[], Environment] | None) -> Iterator[dict[str, Any]]:
+    """The rows of ``todo``'s episodes as they finish: one after another in this thread, or in ``workers``
+    threads, each with its own :class:`Runner` (an environment from ``env_factory``) and the policy and Q
+    model shared thread-safely."""
+    if workers <= 1:
+        for task_id in todo:
+            yield run_task(runner, task_id, meta)
+        return
     policy = shareable(runner.policy)
     scorer = runner.q_model
     if scorer is not None and not getattr(scorer, "thread_safe", False):
@@ -231,30 +231,15 @@ def run_parallel(runner: Runner, todo: list[int], meta: dict[str, Any], done: di
         finally:
             idle.put(own)
 
-    failed = 0
     torch_threads = torch_threads_per_worker(workers) if scorer is not None else contextlib.nullcontext()
-    bar = tqdm(total=len(todo), desc=f"{meta['env']}/{meta['method']} x{workers}", unit="ep")
     with torch_threads, ThreadPoolExecutor(workers, thread_name_prefix="episode") as pool:
         futures = [pool.submit(one, t) for t in todo]
         try:
             for future in as_completed(futures):
-                row = future.result()
-                if out is not None:
-                    append_jsonl(out, row)
-                if is_result(row):
-                    done[row["task_id"]] = row
-                else:
-                    failed += 1
-                bar.update(1)
-                rewards = [r["reward"] for r in done.values()]
-                bar.set_postfix(reward=f"{sum(rewards) / max(len(rewards), 1):.3f}", errors=failed, refresh=False)
-        except BaseException:
+                yield future.result()
+        finally:  # an error or an abandoned loop: the episodes not started yet are not run
             for future in futures:
                 future.cancel()
-            raise
-        finally:
-            bar.close()
-    return failed
 
 
 @contextlib.contextmanager

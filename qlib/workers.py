@@ -92,10 +92,6 @@ class SharedScorer:
         self._model, self._lock, self._local = model, threading.Lock(), threading.local()
 
     @property
-    def model(self) -> Any:
-        return self._model
-
-    @property
     def scored_tokens(self) -> int:
         return getattr(self._local, "scored_tokens", 0)
 

@@ -183,12 +183,12 @@ def test_selection_limit_then_shard():
         qcollect.select_tasks(tasks, None, (3, 3))
     ids = list(range(100, 3000))
     cpu = load_config("cpu", {"hotpotqa.train_start": 5})
-    train = qcollect.default_tasks(cpu, "hotpotqa", "train", ids, None)
+    train = cpu.default_tasks("hotpotqa", "train", ids, None)
     assert train == ids[5:5 + cpu.hotpotqa.train_tasks]  # past the first train_start tasks
-    assert qcollect.default_tasks(cpu, "hotpotqa", "train", ids, 3) == ids[5:8]
-    assert qcollect.default_tasks(cpu, "hotpotqa", "valid", ids, None) == ids[:cpu.hotpotqa.valid_tasks]
-    assert qcollect.default_tasks(cpu, "toy", "train", ids, None) == ids  # an env the config does not know
-    assert qcollect.default_tasks(cpu, "toy", "train", ids, 4) == ids[:4]
+    assert cpu.default_tasks("hotpotqa", "train", ids, 3) == ids[5:8]
+    assert cpu.default_tasks("hotpotqa", "valid", ids, None) == ids[:cpu.hotpotqa.valid_tasks]
+    assert cpu.default_tasks("toy", "train", ids, None) == ids  # an env the config does not know
+    assert cpu.default_tasks("toy", "train", ids, 4) == ids[:4]
 
 
 class UnsafePolicy(ToyPolicy):
