@@ -393,3 +393,30 @@ def test_truncation_with_system_message_and_no_instruction_head(tok):
     assert droppable_units(messages) == [(2, 3), (4, 5)]  # (action, observation) steps; the newest one stays
     plain = [{"role": "user", "content": "Question: q?"}, *steps]
     assert droppable_units(plain) == [(1, 2), (3, 4)]
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+def test_shared_prompt_dpo_loss_and_gradients_equal_trls_full_sequences(tiny_dir, tmp_path, precompute):
+    """qlib's DPO loss encodes each pair's prompt once; trl's runs prompt + chosen and prompt + rejected as two
+    full sequences. Same loss and same gradient, on step and trajectory pairs of different prompt lengths."""
+    from trl import DPOTrainer
+
+    from qlib.qmodel.dpo import run_dpo
+
+    rows = [pair_row(i, steps=i % 3) for i in range(3)] + [pair_row(7, steps=1, level="trajectory")]
+    pairs = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    config = dpo_config(**{"dpo.lora": True, "dpo.batch_size": 4, "dpo.epochs": 1 + precompute})
+    _, trainer = run_dpo(pairs, tmp_path / "dpo", config, model_path=tiny_dir, max_steps=2)  # adapter moved off zero
+    assert trainer.args.precompute_ref_log_probs == precompute
+    trainer.model.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trl_batch = {k: v for k, v in batch.items() if k != "prompt_lengths"}
+    losses, grads = [], []
+    for compute in (trainer._compute_loss, lambda m, b, r: DPOTrainer._compute_loss(trainer, m, trl_batch, r)):
+        trainer.model.zero_grad()
+        loss = compute(trainer.model, batch, False)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5) and losses[0] != pytest.approx(0.6931, abs=1e-4)
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)

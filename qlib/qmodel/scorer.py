@@ -101,13 +101,13 @@ def prefill(model: Any, prompt_ids: Sequence[int], cache: PrefixCache | None = N
     return out, out.past_key_values
 
 
-@torch.inference_mode()
-def candidate_logits(model: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]],
-                     cache: PrefixCache | None = None) -> torch.Tensor:
+def completion_logits(model: Any, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]],
+                      cache: PrefixCache | None = None) -> torch.Tensor:
     """Logits predicting every completion token, [n, longest, vocab] (zero past a row's end).
 
     The prompt is encoded once (only its uncached tail when ``cache`` holds a prefix of it); all completions
     (minus their last token, which predicts nothing) then run as one packed sequence against its KV cache.
+    Differentiable: DPO training runs the same computation with gradients (:mod:`qlib.qmodel.dpo`).
     """
     device = next(model.parameters()).device
     out, past = prefill(model, prompt_ids, cache, logits_to_keep=1)
@@ -123,6 +123,10 @@ def candidate_logits(model: Any, prompt_ids: Sequence[int], completions: Sequenc
             result[i, 1:len(h) + 1] = logits[offset:offset + len(h)]
             offset += len(h)
     return result
+
+
+candidate_logits = torch.inference_mode()(completion_logits)
+candidate_logits.__doc__ = """:func:`completion_logits` without gradients (scoring)."""
 
 
 def combine(
