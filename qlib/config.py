@@ -323,10 +323,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         **CLONED_AGENT,
         # The paper's search, step limits and test-set size on the behaviour-cloned agent, sized from
         # measurements on 2 cores (README, Profiles): an MCTS tree of the cloned agent costs ≈ 40 s (WebShop) /
-        # ≈ 20 s (HotPotQA) and gives ≈ 1.2 (WebShop) step pairs, because the agent often succeeds in the first
+        # ≈ 20 s (HotPotQA) and gives ≈ 1.5 (WebShop) step pairs, because the agent often succeeds in the first
         # rollout and its candidates are few and alike (trees exhaust before m=30).
         "webshop.train_start": 200,  # the 150 cloning demonstrations use the first 163 train tasks
-        "webshop.train_tasks": 300,
+        "webshop.train_tasks": 200,  # ≥ 300 step pairs (the first 154 trees gave 234)
         "webshop.valid_tasks": 50,
         "webshop.test_tasks": 100,
         "webshop.clone_demos": 150,
