@@ -15,7 +15,8 @@ Layout of ``results/artifacts/run/`` (the same relative paths as ``runs/<profile
     trees/<env>_<split><tag>.jsonl      MCTS trees, one tree JSON per line (schema: qlib.tree)
     pairs/<env>_<split>_<level>.jsonl   preference pairs / QNet rows
     episodes/<tag>_<env>.jsonl          episode rows (schema: qlib.episode_store)
-    qmodels/<env>_<name>/               Q-value models whose files fit ``max_model_mb`` (LoRA adapters)
+    qmodels/<env>_<name>/               Q-value models whose files fit ``max_model_mb`` (LoRA adapters,
+                                        QNet heads), except notebook 03's init-comparison models
 
 Every JSONL file loads with ``pandas.read_json(path, lines=True)`` and
 ``datasets.load_dataset("json", data_files=path)``. ``compute_s`` is the compute the artifact holds,
@@ -42,7 +43,9 @@ from qlib.workbook.layout import RunPaths
 MANIFEST = "MANIFEST.json"
 RELEASE_DIR = "run"
 KINDS = ("demos", "trees", "pairs", "episodes", "qmodels")
-MAX_MODEL_MB = 12.0  # a Q model is released when all its files together are at most this size
+MAX_MODEL_MB = 20.0  # a Q model is released when all its files together are at most this size (a LoRA
+# adapter of SmolLM2-135M, r=16 on every linear layer, is 18.7 MiB; a QNet head ≈ 6 MiB)
+UNRELEASED_MODELS = ("*_step_init_*",)  # notebook 03's init comparison (retrained in ≈ 12 min per env when missing)
 
 
 class ReleaseError(RuntimeError):
@@ -110,7 +113,8 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
     skipped_models = []
     for folder in sorted(p for p in (runs / "qmodels").glob("*") if p.is_dir()):
         parts = model_files(folder)
-        if not parts or sum(p.stat().st_size for p in parts) > max_model_mb * 2**20:
+        too_big = sum(p.stat().st_size for p in parts) > max_model_mb * 2**20
+        if not parts or too_big or any(folder.match(pattern) for pattern in UNRELEASED_MODELS):
             skipped_models.append(folder.name)
             continue
         meta = _read_json(folder / "qlib_config.json")

@@ -34,7 +34,8 @@ def run_dir(tmp_path_factory) -> RunPaths:
     write_jsonl([{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x"}]}],
                 paths.demos("toy"))
     small, large = paths.qmodel("toy", "step"), paths.qmodel("toy", "full")
-    for folder, size in ((small, 1000), (large, 3 * 2**20)):
+    comparison = paths.qmodel("toy", "step_init_base_4pairs")  # notebook 03's init comparison: small, not released
+    for folder, size in ((small, 1000), (large, 3 * 2**20), (comparison, 1000)):
         (folder / "trainer" / "checkpoint-1").mkdir(parents=True)
         (folder / "trainer" / "checkpoint-1" / "state.bin").write_bytes(b"0" * 10)
         (folder / "adapter.safetensors").write_bytes(b"w" * size)
@@ -49,7 +50,8 @@ def test_release_writes_a_manifest_with_hashes_rows_and_compute(run_dir):
     assert set(files) == {"trees/toy_train.jsonl", "pairs/toy_train_step.jsonl", "episodes/table2_toy.jsonl",
                           "demos/toy_train.jsonl", "qmodels/toy_step/adapter.safetensors",
                           "qmodels/toy_step/qlib_config.json"}
-    assert manifest["qmodels_not_released"] == ["toy_full"]  # 3 MiB > 1 MiB; checkpoints never released
+    # 3 MiB > 1 MiB; the init comparison's models are not released; checkpoints never are
+    assert manifest["qmodels_not_released"] == ["toy_full", "toy_step_init_base_4pairs"]
     trees = [json.loads(p.read_text()) for p in sorted(run_dir.trees("toy").glob("*.json"))]
     assert files["trees/toy_train.jsonl"]["rows"] == 3
     assert files["trees/toy_train.jsonl"]["compute_s"] == pytest.approx(sum(t["stats"]["seconds"] for t in trees), abs=1e-2)
