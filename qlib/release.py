@@ -13,7 +13,8 @@ Layout of ``results/artifacts/run/`` (the same relative paths as ``runs/<profile
                                         compute_s}, compute_s per kind and in total
     demos/<env>_train.jsonl (+ .manifest.json)   expert demonstrations (trl conversational rows)
     trees/<env>_<split><tag>.jsonl      MCTS trees, one tree JSON per line (schema: qlib.tree)
-    pairs/<env>_<split>_<level>.jsonl   preference pairs / QNet rows
+    pairs/<env>_<split>_<level>.jsonl   step and trajectory preference pairs (QNet rows, one per tree node,
+                                        are rebuilt from the trees by notebook 02 and not released)
     episodes/<tag>_<env>.jsonl          episode rows (schema: qlib.episode_store)
     qmodels/<env>_<name>/               Q-value models whose files fit ``max_model_mb`` (LoRA adapters,
                                         QNet heads), except notebook 03's init-comparison models
@@ -106,6 +107,8 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
         for source in sorted((runs / kind).glob("*.jsonl")):
             if source.name.startswith("cli_"):  # ad-hoc `python -m qlib evaluate` output, not the workbook's
                 continue
+            if source.name.endswith("_qnet.jsonl"):  # one row per tree node (≈ 200 KB per tree): notebook 02
+                continue  # rebuilds them from the released trees in seconds
             rel = f"{kind}/{source.name}"
             shutil.copy2(source, _mkparent(dest / rel))
             rows, compute = jsonl_compute(read_jsonl(source, tolerant=True))  # pairs store no compute: 0

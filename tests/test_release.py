@@ -28,6 +28,8 @@ def run_dir(tmp_path_factory) -> RunPaths:
     write_jsonl([{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
                   "rejected": [{"role": "assistant", "content": "b"}], "q_chosen": 1.0, "q_rejected": 0.0}],
                 paths.pairs("toy", "step"))
+    write_jsonl([{"prompt": [{"role": "user", "content": "q"}], "completion": "a", "q": 0.5}],
+                paths.pairs("toy", "qnet"))  # rebuilt from the trees by notebook 02: not released
     write_jsonl([{"env": "toy", "task_id": t, "method": "greedy", "reward": 0.5, "wall_s": 2.5,
                   "trajectory": [{"action": "a", "observation": "o"}]} for t in range(4)],
                 paths.episodes("table2", "toy"))
