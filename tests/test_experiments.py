@@ -225,8 +225,8 @@ def test_q_model_init_from_the_agent(tmp_path, monkeypatch):
     monkeypatch.setattr("qlib.export.merged_dir", lambda clone: Path(clone) / "merged")
     monkeypatch.setattr("qlib.export.clone_dir_for", lambda policy, env: Path(policy.clones) / env)
     cloned = load_config("cpu", {"policy.clones": str(tmp_path)})
-    assert ex.q_model_init(cloned, "webshop") is None  # default: the embedded base model
-    assert ex.q_model_init(with_overrides(cloned, {"dpo.init": "agent"}), "webshop") == tmp_path / "webshop" / "merged"
+    assert ex.q_model_init(cloned, "webshop") == tmp_path / "webshop" / "merged"  # cpu: the agent (notebook 03)
+    assert ex.q_model_init(with_overrides(cloned, {"dpo.init": "base"}), "webshop") is None  # the embedded base
     base_agent = load_config("smoke", {"dpo.init": "agent"})
     assert ex.q_model_init(base_agent, "webshop") is None  # the agent is the base model
     with pytest.raises(ValueError, match="dpo.init='agent'"):
@@ -261,7 +261,7 @@ def test_q_init_comparison_trains_both_starts_on_the_same_pairs(tmp_path, monkey
     assert trained == [("webshop_step_init_base_6pairs", 6, None), ("webshop_step_init_agent_6pairs", 6, Path("merged"))]
     assert table[["env", "init", "set", "accuracy", "pairs", "default"]].to_dict("list") == {
         "env": ["webshop", "webshop"], "init": ["base", "agent"], "set": ["in-distribution"] * 2,
-        "accuracy": [0.5, 0.75], "pairs": [4, 4], "default": [True, False]}
+        "accuracy": [0.5, 0.75], "pairs": [4, 4], "default": [False, True]}  # cpu default: the agent
     ex.q_init_comparison(load_config("cpu"), paths, max_pairs=6)
     assert len(trained) == 2  # trained models are reused
 
