@@ -27,7 +27,7 @@ import pandas as pd
 from qlib.config import Config, with_overrides
 from qlib.envs.registry import env_names, envs_with_paper, get_spec
 from qlib.provision import CLONE_NAME, EMBEDDED_NAME
-from qlib.workbook.layout import RunPaths
+from qlib.workbook.layout import INIT_COMPARISON, RunPaths
 from qlib.workbook.paper import paper_number, paper_table2
 
 log = logging.getLogger(__name__)
@@ -734,7 +734,7 @@ def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
             continue
         k = min(max_pairs or total, total)
         for init, start in (("base", None), ("agent", agent_start)):
-            out = paths.qmodel(env_name, f"step_init_{init}_{k}pairs")
+            out = paths.qmodel(env_name, f"{INIT_COMPARISON}{init}_{k}pairs")
             if not (out / "qlib_config.json").exists():
                 train_dpo(pairs_file, out, with_overrides(config, {"dpo.max_pairs": k}), model_path=start)
             q_model = load_q_model(out)

@@ -39,14 +39,14 @@ from typing import Any, Iterable
 
 from qlib.data import sha256_of as sha256
 from qlib.io import atomic_write_text, read_jsonl, write_jsonl
-from qlib.workbook.layout import RunPaths
+from qlib.workbook.layout import INIT_COMPARISON, RunPaths
 
 MANIFEST = "MANIFEST.json"
 RELEASE_DIR = "run"
 KINDS = ("demos", "trees", "pairs", "episodes", "qmodels")
 MAX_MODEL_MB = 24.0  # a Q model is released when all its files together are at most this size (a LoRA
 # Q model of SmolLM2-135M, r=16 on every linear layer: adapter 18.7 MiB + tokenizer 3.4 MiB; a QNet head ≈ 6 MiB)
-UNRELEASED_MODELS = ("*_step_init_*",)  # notebook 03's init comparison (retrained in ≈ 12 min per env when missing)
+UNRELEASED_MODELS = (f"*_{INIT_COMPARISON}*",)  # notebook 03's init comparison (retrained in ≈ 12 min per env when missing)
 
 
 class ReleaseError(RuntimeError):

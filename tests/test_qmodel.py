@@ -399,8 +399,7 @@ def test_truncation_with_system_message_and_no_instruction_head(tok):
 def test_shared_prompt_dpo_loss_and_gradients_equal_trls_full_sequences(tiny_dir, tmp_path, precompute):
     """qlib's DPO loss encodes each pair's prompt once; trl's runs prompt + chosen and prompt + rejected as two
     full sequences. Same loss and same gradient, on step and trajectory pairs of different prompt lengths."""
-    from trl import DPOTrainer
-
+    from qlib.bench.qmodel import full_sequence_trainer
     from qlib.qmodel.dpo import run_dpo
 
     rows = [pair_row(i, steps=i % 3) for i in range(3)] + [pair_row(7, steps=1, level="trajectory")]
@@ -410,13 +409,15 @@ def test_shared_prompt_dpo_loss_and_gradients_equal_trls_full_sequences(tiny_dir
     assert trainer.args.precompute_ref_log_probs == precompute
     trainer.model.train()
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    trl_batch = {k: v for k, v in batch.items() if k != "prompt_lengths"}
     losses, grads = [], []
-    for compute in (trainer._compute_loss, lambda m, b, r: DPOTrainer._compute_loss(trainer, m, trl_batch, r)):
+    for full_sequences in (False, True):  # qlib's loss, then trl's (the switch `make bench` times against)
+        if full_sequences:
+            full_sequence_trainer(trainer)
         trainer.model.zero_grad()
-        loss = compute(trainer.model, batch, False)
+        loss = trainer._compute_loss(trainer.model, batch, False)
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+        assert ("entropy" in trainer._metrics["train"]) == full_sequences  # only trl's own loss logs entropy
     assert losses[0] == pytest.approx(losses[1], abs=1e-5) and losses[0] != pytest.approx(0.6931, abs=1e-4)
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)

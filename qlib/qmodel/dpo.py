@@ -113,13 +113,13 @@ def pair_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     half = len(ids) // 2
     sums = []
     for i, p in enumerate(inputs["prompt_lengths"].tolist()):
-        rows = (i, i + half)
+        rows = [i, i + half]
         completions = [ids[j, p:lengths[j]].tolist() for j in rows]
         logits = completion_logits(model, ids[i, :p].tolist(), completions)
         width = logits.shape[1]
-        target = ids[list(rows), p:p + width]
+        target = ids[rows, p:p + width]
         logp = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        sums.append((logp * mask[list(rows), p:p + width]).sum(1))
+        sums.append((logp * mask[rows, p:p + width]).sum(1))
     both = torch.stack(sums)
     return both[:, 0], both[:, 1]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+INIT_COMPARISON = "step_init_"  # name prefix of notebook 03's init-comparison Q models (``<env>_step_init_<init>_<k>pairs``)
 
 
 @dataclass(frozen=True)
