@@ -88,6 +88,9 @@ class PolicyConfig(Section):
     clones: str = Field(
         "", description="folder with one behaviour-cloned agent per environment (<folder>/<env>/); "
         "empty = runs/<profile>/clones")
+    clone_checkpoint: int = Field(
+        0, ge=0, description="0 = the final behaviour-cloned agent; k = its learning-curve checkpoint after k "
+        "demonstrations (<clones>/<env>/curve/<k>/, saved at `clone.curve`): a weaker agent of the same kind")
     base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1"
     )

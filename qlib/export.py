@@ -116,7 +116,8 @@ def read_clone_config(clone_dir: str | Path) -> dict[str, Any]:
 
 
 def clone_dir_for(policy: Any, env_name: str | None) -> Path:
-    """``<policy.clones>/<env_name>/``, the behaviour-cloned agent that ``policy.model = CLONE_NAME`` means.
+    """``<policy.clones>/<env_name>/``, the behaviour-cloned agent that ``policy.model = CLONE_NAME`` means
+    (``<policy.clones>/<env_name>/curve/<k>/`` with ``policy.clone_checkpoint = k``).
 
     An empty ``policy.clones`` (a bare :class:`~qlib.config.PolicyConfig`) is the default profile's
     ``runs/<profile>/clones``, as :func:`qlib.config.load_config` would fill it.
@@ -134,6 +135,14 @@ def clone_dir_for(policy: Any, env_name: str | None) -> Path:
 
         clones = load_config().policy.clones
     path = Path(clones).expanduser() / env_name
+    checkpoint = getattr(policy, "clone_checkpoint", 0)
+    if checkpoint:
+        path = path / "curve" / str(checkpoint)
+        if not (path / CONFIG_FILE).is_file():
+            saved = sorted(int(p.name) for p in path.parent.glob("*") if p.name.isdigit()) if path.parent.is_dir() else []
+            raise CloneNotFoundError(
+                f"policy.clone_checkpoint={checkpoint}: the clone of {env_name} has no learning-curve checkpoint "
+                f"{path} (saved: {saved or 'none'}; they are made while cloning at clone.curve)")
     read_clone_config(path)
     return path
 
@@ -141,7 +150,7 @@ def clone_dir_for(policy: Any, env_name: str | None) -> Path:
 def agent_identity(policy: Any, env_name: str | None) -> str | None:
     """Which behaviour-cloned agent ``policy.model = CLONE_NAME`` is: ``lora-r16-<hash>`` or ``full-<hash>``,
     the hash over its base model, number of demonstrations and training settings (learning-curve points
-    aside); None for any other model. Episode rows carry it, so rows of one clone never resume as another's
+    aside; a learning-curve checkpoint adds ``-after<k>``); None for any other model. Episode rows carry it, so rows of one clone never resume as another's
     (the name ``smollm2-135m-bc`` alone does not say which training made it). A clone retrained with the
     same settings on another machine has the same identity."""
     from qlib.provision import CLONE_NAME
@@ -153,7 +162,8 @@ def agent_identity(policy: Any, env_name: str | None) -> str | None:
     key = json.dumps({"base_model": meta.get("base_model"), "demos": meta.get("demos"), "clone": settings},
                      sort_keys=True)
     kind = f"lora-r{settings.get('lora_r')}" if meta["lora"] else "full"
-    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    seen = f"-after{meta['demos_seen']}" if "demos_seen" in meta else ""  # a learning-curve checkpoint
+    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:8]}{seen}"
 
 
 def gguf_for(policy: Any, env_name: str | None = None) -> Path:

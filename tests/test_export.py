@@ -233,3 +233,22 @@ def test_agent_identity_names_the_clone_and_changes_with_its_training(clones, tm
     meta["clone"]["learning_rate"] = 0.123
     (other / "webshop" / "qlib_config.json").write_text(json.dumps(meta))
     assert agent_identity(config(other, "hf"), "webshop") != ident
+
+
+def test_clone_checkpoint_is_the_learning_curve_agent_with_its_own_identity(clones, tmp_path):
+    """``policy.clone_checkpoint=k`` plays ``<clones>/<env>/curve/<k>/`` (a weaker agent of the same kind, e.g.
+    notebook 01's second agent); its rows carry their own identity; a missing checkpoint is a clear error."""
+    from qlib.export import agent_identity
+
+    root = tmp_path / "clones"
+    shutil.copytree(clones / "webshop", root / "webshop")
+    checkpoint = root / "webshop" / "curve" / "7"
+    shutil.copytree(clones / "webshop", checkpoint, ignore=shutil.ignore_patterns("curve", "merged", "*.gguf*"))
+    meta = json.loads((checkpoint / "qlib_config.json").read_text())
+    (checkpoint / "qlib_config.json").write_text(json.dumps({**meta, "demos_seen": 7}))
+    final, early = config(root, "hf"), config(root, "hf", **{"policy.clone_checkpoint": 7})
+    assert export.clone_dir_for(early, "webshop") == checkpoint
+    assert export.clone_dir_for(final, "webshop") == root / "webshop"
+    assert agent_identity(early, "webshop") == agent_identity(final, "webshop") + "-after7"
+    with pytest.raises(CloneNotFoundError, match=r"clone_checkpoint=9.*saved: \[7\]"):
+        export.clone_dir_for(config(root, "hf", **{"policy.clone_checkpoint": 9}), "webshop")
