@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from qlib.envs.registry import env_names, get_spec
-from qlib.provision import CLONE_NAME
+from qlib.provision import CLONE_NAME, EMBEDDED_NAME
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
@@ -183,6 +183,20 @@ class MCTSConfig(Section):
         "iterations are m expansions unless the tree is exhausted")
 
 
+class SecondAgentConfig(Section):
+    """The second agent: its MCTS trees on the valid tasks give the out-of-distribution pairs of Fig. 4a
+    (notebook 01, split ``valid_ood``); the paper used Llama-3.1-8B beside its Phi-3-mini agent."""
+
+    model: str = Field(EMBEDDED_NAME, description="its policy.model (the same choices as policy.model)")
+    icl: bool = Field(True, description="its policy.icl: the few-shot examples in its prompt")
+    clone_checkpoint: int = Field(0, ge=0, description="its policy.clone_checkpoint (with model "
+                                  f"{CLONE_NAME}: k = the clone's learning-curve checkpoint after k demonstrations)")
+
+    def overrides(self) -> dict[str, Any]:
+        """The policy.* overrides that make the profile's policy this agent."""
+        return {f"policy.{key}": value for key, value in self.model_dump().items()}
+
+
 class PairsConfig(Section):
     """Preference-pair construction."""
 
@@ -275,6 +289,7 @@ class Config(Section):
     clone: CloneConfig = Field(default_factory=CloneConfig, description=CloneConfig.__doc__)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description=FinetuneConfig.__doc__)
     mcts: MCTSConfig = Field(default_factory=MCTSConfig, description=MCTSConfig.__doc__)
+    second_agent: SecondAgentConfig = Field(default_factory=SecondAgentConfig, description=SecondAgentConfig.__doc__)
     pairs: PairsConfig = Field(default_factory=PairsConfig, description=PairsConfig.__doc__)
     dpo: DPOConfig = Field(default_factory=DPOConfig, description=DPOConfig.__doc__)
     qnet: QNetConfig = Field(default_factory=QNetConfig, description=QNetConfig.__doc__)

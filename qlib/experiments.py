@@ -314,10 +314,12 @@ def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] | None
     return pd.DataFrame(rows)
 
 
-def collect_all_trees(config: Config, paths: RunPaths, *, second_policy: Mapping[str, Any]) -> pd.DataFrame:
-    """Notebook 01: train and valid trees of the policy, and valid trees of ``second_policy`` (split ``valid_ood``)."""
+def collect_all_trees(config: Config, paths: RunPaths, *, second_policy: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Notebook 01: train and valid trees of the policy, and valid trees of the second agent (split
+    ``valid_ood``): ``second_policy`` (policy.* overrides), by default the profile's ``second_agent``."""
     own = collect_trees(config, paths, splits=("train", "valid"))
-    ood = collect_trees(config, paths, splits=("valid",), tag="_ood", policy_overrides=dict(second_policy))
+    second = config.second_agent.overrides() if second_policy is None else dict(second_policy)
+    ood = collect_trees(config, paths, splits=("valid",), tag="_ood", policy_overrides=second)
     return pd.concat([own, ood], ignore_index=True)
 
 

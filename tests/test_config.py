@@ -212,3 +212,14 @@ def test_config_copies_pickles_and_serialises():
     assert data == json.loads(json.dumps(config.to_dict()))
     assert data["envs"]["webshop"]["max_steps"] == 10 and data["envs"]["webshop"]["train_start"] == 200
     assert "webshop" not in data and "hotpotqa" not in data
+
+
+def test_second_agent_section_is_the_policy_overrides_of_the_ood_trees():
+    base = load_config("paper").second_agent
+    assert base.overrides() == {"policy.model": "smollm2-135m", "policy.icl": True, "policy.clone_checkpoint": 0}
+    config = with_overrides(load_config("cpu"), {"second_agent.model": "smollm2-135m-bc", "second_agent.icl": "false",
+                                                  "second_agent.clone_checkpoint": "50"})
+    played = with_overrides(config, config.second_agent.overrides()).policy
+    assert (played.model, played.icl, played.clone_checkpoint) == ("smollm2-135m-bc", False, 50)
+    with pytest.raises(ConfigError, match="second_agent.clone_checkpoint"):
+        with_overrides(config, {"second_agent.clone_checkpoint": -1})

@@ -277,3 +277,19 @@ def test_fine_tuning_rows_without_data_degrade_with_a_note(tmp_path):
     assert notes["rft"] == "no training data" and notes["qstar_st"] == "no Q model to guide the exploration"
     costs = ex.training_costs(paths, trained)
     assert list(costs.row.unique()) == ["MCTS trees (shared data)"]
+
+
+def test_ood_trees_are_played_by_the_profiles_second_agent_unless_one_is_given(monkeypatch, tmp_path):
+    from qlib.config import load_config
+    from qlib.workbook.layout import RunPaths
+
+    calls = []
+    monkeypatch.setattr(ex, "collect_trees", lambda config, paths, **kw: calls.append(kw) or pd.DataFrame([kw]))
+    config = with_overrides(load_config("smoke"), {"second_agent.clone_checkpoint": 3})
+    paths = RunPaths("smoke", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    ex.collect_all_trees(config, paths)
+    own, ood = calls
+    assert own.get("policy_overrides") is None and own["splits"] == ("train", "valid")
+    assert ood["tag"] == "_ood" and ood["policy_overrides"] == config.second_agent.overrides()
+    ex.collect_all_trees(config, paths, second_policy={"policy.icl": False})
+    assert calls[-1]["policy_overrides"] == {"policy.icl": False}
