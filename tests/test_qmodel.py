@@ -311,6 +311,39 @@ def qnet_rows() -> list[dict]:
     return rows
 
 
+def test_qnet_training_features_share_tree_histories_and_equal_fresh_ones(tiny_dir):
+    """Rows of a tree (a child's prompt = its parent's + a turn and an observation), shuffled: the features of
+    every row equal a fresh encoding of its prompt, while fewer tokens run than prompts hold."""
+    import random
+
+    from transformers import AutoModel
+
+    from qlib.qmodel.qnet import QNetModel, ValueHead, cached_features
+
+    rows = []
+    for task in ("red?", "blue?"):
+        for depth in range(3):
+            for branch in range(2 if depth else 1):
+                prompt = history(task, depth)
+                if depth and branch:  # a sibling state: same parent, another last observation
+                    prompt = prompt[:-1] + [{"role": "user", "content": f"Observation: other {depth}."}]
+                for action in ("Action: Search[a]", "Action: Finish[b]"):
+                    rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": action}]})
+    random.Random(0).shuffle(rows)
+    torch.manual_seed(0)
+    backbone = AutoModel.from_pretrained(tiny_dir)
+    model = QNetModel(backbone, ValueHead(backbone.config.hidden_size, 8), tiny_tokenizer(), max_length=400)
+    features = cached_features(model, rows)
+    run = model.scored_tokens  # tokens the backbone ran for all rows
+    with torch.inference_mode():
+        fresh = torch.stack([model.features(r["prompt"], [r["completion"]])[0] for r in rows])
+    assert torch.allclose(features, fresh, atol=1e-4)
+    prompt_tokens = sum(len(model.encode(p["prompt"], ["x"])[0].prompt_ids)
+                        for p in {json.dumps(r["prompt"]): r for r in rows}.values())
+    completion_tokens = sum(len(model.encode(r["prompt"], [r["completion"]])[0].completion_ids) for r in rows)
+    assert run < 0.6 * (prompt_tokens + completion_tokens)
+
+
 def test_qnet_overfits_and_round_trips(tiny_dir, tmp_path):
     from qlib.qmodel.qnet import run_qnet
 

@@ -5,11 +5,13 @@
   (target ≤ 1.2×; the candidates' full-vocabulary logits put the floor near 1.17× for this shape);
 * one episode's scoring (8 steps, the history growing to ~1.5k tokens): the KV cache kept across steps
   (:class:`~qlib.qmodel.scorer.PrefixCache`) vs re-encoding the whole history at every step;
+* the QNet's training features of one tree's rows: histories shared in trie order vs every prompt whole;
 * DPO seconds per pair at 256 and 512 tokens, fp32 and bf16 autocast (LoRA, batch 2, a few steps).
 """
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -146,6 +148,46 @@ def bench_episode_cache(model: Any, tokenizer: Any, steps: int = 8, step_tokens:
     }
 
 
+def tree_rows(tokenizer: Any, depth: int, branching: int, step_tokens: int) -> list[dict[str, Any]]:
+    """QNet rows of one search tree: every node's state (a ~200-token head, then one (turn, observation) of
+    ~``step_tokens`` per level, the observation different on every branch) with two candidate actions."""
+    observation = (OBSERVATION.split() * 50)[: int(step_tokens * 0.6)]
+    level, rows = [context(tokenizer, 200)], []
+    for d in range(depth + 1):
+        for prompt in level:
+            rows += [{"prompt": prompt, "completion": [{"role": "assistant", "content": c}]} for c in CANDIDATES[:2]]
+        level = [prompt + [{"role": "assistant", "content": CANDIDATES[b % len(CANDIDATES)]},
+                           {"role": "user", "content": f"Observation: branch {b} at {d}: " + " ".join(observation)}]
+                 for prompt in level for b in range(branching)] if d < depth else []
+    return rows
+
+
+def bench_qnet_features(model: Any, tokenizer: Any, depth: int = 3, branching: int = 2,
+                        step_tokens: int = 180) -> dict[str, Any]:
+    """The QNet's training features of one tree's rows: :func:`qlib.qmodel.qnet.cached_features` (distinct
+    prompts in trie order, shared histories' KV kept) vs encoding every distinct prompt whole."""
+    import random
+
+    from qlib.qmodel.qnet import QNetModel, ValueHead, cached_features
+
+    rows = tree_rows(tokenizer, depth, branching, step_tokens)
+    random.Random(0).shuffle(rows)
+    qnet = QNetModel(model.model, ValueHead(model.config.hidden_size, 8), tokenizer)
+    prompts = {json.dumps(r["prompt"]): r["prompt"] for r in rows}
+
+    def whole() -> torch.Tensor:
+        return torch.cat([qnet.features(p, [r["completion"] for r in rows if r["prompt"] == p])
+                          for p in prompts.values()])
+
+    with torch.inference_mode():
+        best = timed({"shared": lambda: cached_features(qnet, rows), "whole": whole}, repeats=1)
+        shared, fresh = cached_features(qnet, rows), whole()
+    order = [i for p in prompts.values() for i, r in enumerate(rows) if r["prompt"] == p]
+    return {"distinct_prompts": len(prompts), "rows": len(rows), "shared_s": round(best["shared"], 3),
+            "whole_s": round(best["whole"], 3), "speedup": round(best["whole"] / best["shared"], 2),
+            "max_abs_diff": float((shared[order] - fresh).abs().max())}
+
+
 def dpo_pairs(tokenizer: Any, total_tokens: int, n: int) -> list[dict[str, Any]]:
     """``n`` pairs of about ``total_tokens`` tokens (prompt + longest completion)."""
     prompt = context(tokenizer, total_tokens - 36)
@@ -234,6 +276,7 @@ def bench_qmodel(
                               "bf16_supported": bf16_supported()}
     result["scoring"] = bench_scoring(model, tokenizer, n_context)
     result["episode_cache"] = bench_episode_cache(model, tokenizer)
+    result["qnet_features"] = bench_qnet_features(model, tokenizer)
     result["dpo"] = [
         bench_dpo(str(smollm2_dir()), tokenizer, length, bf16)
         for length in dpo_lengths for bf16 in (False, True) if (not bf16 or result["bf16_supported"])
