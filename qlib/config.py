@@ -71,6 +71,8 @@ class EnvSettings(Section):
                              "the cloning demonstrations' tasks so that the search explores tasks the agent was "
                              "not cloned on, as the test tasks are")
     valid_tasks: int = Field(ge=0, description="held-out in-distribution tasks (preference accuracy)")
+    ood_tasks: int = Field(0, ge=0, description="valid tasks searched by the second agent (its trees give the "
+                           "out-of-distribution pairs); 0 = valid_tasks")
     test_tasks: int = Field(ge=0, description="tasks reported in the results tables (from the test split)")
     clone_demos: int = Field(ge=0, description="expert demonstrations for behaviour cloning (first train tasks "
                              "the expert solves)")
@@ -346,6 +348,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "webshop.train_start": 200,  # the 150 cloning demonstrations use the first 163 train tasks
         "webshop.train_tasks": 200,  # ≥ 300 step pairs (the first 154 trees gave 234)
         "webshop.valid_tasks": 50,
+        "webshop.ood_tasks": 90,  # the second agent's trees gave 4 step pairs on the first 6 valid tasks: ≥ 50 pairs
         "webshop.test_tasks": 100,
         "webshop.clone_demos": 150,
         "hotpotqa.train_start": 300,  # the 300 cloning demonstrations use the first 300 train tasks
@@ -355,6 +358,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "hotpotqa.clone_demos": 300,
         "clone.curve": [50, 100],
         "mcts.iterations": 30,
+        # the second agent (OOD pairs): the same clone after 50 of its demonstrations (WebShop greedy 0.50 vs 0.75 on
+        # the first 20 test tasks). The base model with the few-shot prompt found no success in its trees (no pairs
+        # under the paper's rule); the LoRA clone gave one pair per 6-minute tree. This one: 40 s per WebShop tree.
+        "second_agent.model": CLONE_NAME,
+        "second_agent.icl": False,
+        "second_agent.clone_checkpoint": 50,
         # one model per worker with 1 thread each (`make bench`, workers: 1.82x the trees and 1.86x the episodes
         # per hour of 1 worker x 2 threads, same trees and rewards)
         "mcts.workers": 2,

@@ -315,12 +315,15 @@ def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] | None
 
 
 def collect_all_trees(config: Config, paths: RunPaths, *, second_policy: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Notebook 01: train and valid trees of the policy, and valid trees of the second agent (split
-    ``valid_ood``): ``second_policy`` (policy.* overrides), by default the profile's ``second_agent``."""
+    """Notebook 01: train and valid trees of the policy, and trees of the second agent on the first
+    ``<env>.ood_tasks`` valid tasks (split ``valid_ood``): ``second_policy`` (policy.* overrides), by default
+    the profile's ``second_agent``."""
     own = collect_trees(config, paths, splits=("train", "valid"))
     second = config.second_agent.overrides() if second_policy is None else dict(second_policy)
-    ood = collect_trees(config, paths, splits=("valid",), tag="_ood", policy_overrides=second)
-    return pd.concat([own, ood], ignore_index=True)
+    ood = [collect_trees(config, paths, envs=[env], splits=("valid",), tag="_ood", policy_overrides=second,
+                         limits={"valid": config.env(env).ood_tasks or config.env(env).valid_tasks})
+           for env in env_names()]
+    return pd.concat([own, *ood], ignore_index=True)
 
 
 def tree_stats(trees_dir: Path) -> pd.DataFrame:

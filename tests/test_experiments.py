@@ -285,11 +285,13 @@ def test_ood_trees_are_played_by_the_profiles_second_agent_unless_one_is_given(m
 
     calls = []
     monkeypatch.setattr(ex, "collect_trees", lambda config, paths, **kw: calls.append(kw) or pd.DataFrame([kw]))
-    config = with_overrides(load_config("smoke"), {"second_agent.clone_checkpoint": 3})
+    config = with_overrides(load_config("smoke"), {"second_agent.clone_checkpoint": 3, "webshop.ood_tasks": 5})
     paths = RunPaths("smoke", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
     ex.collect_all_trees(config, paths)
-    own, ood = calls
+    own, *ood = calls
     assert own.get("policy_overrides") is None and own["splits"] == ("train", "valid")
-    assert ood["tag"] == "_ood" and ood["policy_overrides"] == config.second_agent.overrides()
+    assert all(c["tag"] == "_ood" and c["policy_overrides"] == config.second_agent.overrides() for c in ood)
+    tasks = {c["envs"][0]: c["limits"]["valid"] for c in ood}
+    assert tasks == {"webshop": 5, "hotpotqa": config.hotpotqa.valid_tasks}  # 0 = the env's valid tasks
     ex.collect_all_trees(config, paths, second_policy={"policy.icl": False})
     assert calls[-1]["policy_overrides"] == {"policy.icl": False}
