@@ -348,7 +348,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "webshop.train_start": 200,  # the 150 cloning demonstrations use the first 163 train tasks
         "webshop.train_tasks": 200,  # ≥ 300 step pairs (the first 154 trees gave 234)
         "webshop.valid_tasks": 50,
-        "webshop.ood_tasks": 90,  # the second agent's trees gave 4 step pairs on the first 6 valid tasks: ≥ 50 pairs
         "webshop.test_tasks": 100,
         "webshop.clone_demos": 150,
         "hotpotqa.train_start": 300,  # the 300 cloning demonstrations use the first 300 train tasks
