@@ -122,7 +122,7 @@ def test_env_settings_default_from_the_registry():
     config = Config()
     assert set(config.envs) == set(env_names())
     for name in env_names():
-        assert config.env(name).model_dump() == {"train_start": 0, **get_spec(name).settings}
+        assert config.env(name).model_dump() == {"train_start": 0, "ood_tasks": 0, **get_spec(name).settings}
     assert (config.env("webshop").max_steps, config.env("hotpotqa").max_steps) == (10, 7)
     assert config.webshop is config.envs["webshop"]  # attribute shorthand
     with pytest.raises(ConfigError, match="unknown environment 'nope'.*webshop"):
