@@ -135,7 +135,7 @@ def clone_dir_for(policy: Any, env_name: str | None) -> Path:
 
         clones = load_config().policy.clones
     path = Path(clones).expanduser() / env_name
-    checkpoint = getattr(policy, "clone_checkpoint", 0)
+    checkpoint = policy.clone_checkpoint
     if checkpoint:
         path = path / "curve" / str(checkpoint)
         if not (path / CONFIG_FILE).is_file():
@@ -150,9 +150,9 @@ def clone_dir_for(policy: Any, env_name: str | None) -> Path:
 def agent_identity(policy: Any, env_name: str | None) -> str | None:
     """Which behaviour-cloned agent ``policy.model = CLONE_NAME`` is: ``lora-r16-<hash>`` or ``full-<hash>``,
     the hash over its base model, number of demonstrations and training settings (learning-curve points
-    aside; a learning-curve checkpoint adds ``-after<k>``); None for any other model. Episode rows carry it, so rows of one clone never resume as another's
-    (the name ``smollm2-135m-bc`` alone does not say which training made it). A clone retrained with the
-    same settings on another machine has the same identity."""
+    aside), and ``-after<k>`` for a learning-curve checkpoint; None for any other model. Episode rows carry
+    it, so rows of one clone never resume as another's (the name ``smollm2-135m-bc`` alone does not say
+    which training made it). A clone retrained with the same settings on another machine has the same identity."""
     from qlib.provision import CLONE_NAME
 
     if policy.model != CLONE_NAME or env_name is None:
