@@ -119,22 +119,22 @@ def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]]) -> torch.T
     prompts share their common history, and a :class:`~qlib.qmodel.scorer.PrefixCache` keeps that history's KV
     (``make bench``, qnet_features: the speed-up over encoding every prompt whole).
     """
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault(json.dumps(row["prompt"], sort_keys=True), []).append(i)
-    order = sorted(groups.values(), key=lambda indices: message_key(rows[indices[0]]["prompt"]))
+        groups.setdefault(message_key(row["prompt"]), []).append(i)
     cache = PrefixCache()
     features: list[torch.Tensor | None] = [None] * len(rows)
-    for indices in tqdm(order, desc="qnet features"):
+    for _, indices in tqdm(sorted(groups.items()), desc="qnet features"):
         feats = model.features(rows[indices[0]]["prompt"], [row_completion(rows[i]) for i in indices], cache)
         for i, f in zip(indices, feats):
             features[i] = f
     return torch.stack(features)  # type: ignore[arg-type]
 
 
-def message_key(messages: Sequence[Message]) -> list[tuple[str, str]]:
-    """A prompt as a sortable list of (role, content): sorting puts prompts with a common history together."""
-    return [(str(m.get("role", "")), str(m.get("content", ""))) for m in messages]
+def message_key(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
+    """A prompt as a hashable, sortable tuple of (role, content) (what the encoder reads): equal prompts get
+    equal keys, and sorting puts prompts with a common history together."""
+    return tuple((str(m.get("role", "")), str(m.get("content", ""))) for m in messages)
 
 
 def fit_head(head: ValueHead, features: torch.Tensor, targets: torch.Tensor, config: Config) -> list[dict[str, float]]:
