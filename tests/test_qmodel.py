@@ -454,3 +454,20 @@ def test_shared_prompt_dpo_loss_and_gradients_equal_trls_full_sequences(tiny_dir
         assert ("entropy" in trainer._metrics["train"]) == full_sequences  # only trl's own loss logs entropy
     assert losses[0] == pytest.approx(losses[1], abs=1e-5) and losses[0] != pytest.approx(0.6931, abs=1e-4)
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_recorded_steps_rebuild_the_prompt_of_steps_with_a_choice():
+    from qlib.bench.qmodel import recorded_steps
+
+    first = {"text": "Thought: t1\nAction: search[a]", "observation": "OBS-ONE", "candidates": [{"text": "x"}]}
+    second = {"text": "Thought: t2\nAction: click[b]", "observation": "OBS-TWO",
+              "candidates": [{"text": "Thought: t2\nAction: click[b]"}, {"text": "Thought: u\nAction: click[c]"}]}
+    rows = [{"task_id": 0, "trajectory": [first, second]}]
+    steps = recorded_steps(rows, "webshop", limit=5)
+    assert len(steps) == 1  # the first step had one candidate: no choice to compare
+    messages, texts = steps[0]
+    assert texts == ["Thought: t2\nAction: click[b]", "Thought: u\nAction: click[c]"]
+    joined = " ".join(m["content"] for m in messages)
+    assert "OBS-ONE" in joined and "search[a]" in joined and "OBS-TWO" not in joined
+    assert messages[-1]["role"] == "user"
+    assert recorded_steps(rows, "webshop", limit=0) == []

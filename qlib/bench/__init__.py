@@ -2,7 +2,8 @@
 
 All benchmark code lives in this package, one module per stage: ``envs`` (search latency of every
 registered environment), ``policy`` (constrained decoding, n-vs-1 cost), ``mcts`` (trees per hour),
-``qmodel`` (shared-prefix scoring, DPO seconds per pair), ``clone`` (the behaviour-cloned agent's GGUF vs
+``qmodel`` (shared-prefix scoring, DPO seconds per pair), ``q_precision`` (the released Q model in fp32 vs
+bf16 on recorded steps: speed and argmax agreement), ``clone`` (the behaviour-cloned agent's GGUF vs
 the base GGUF, decode tokens/s), ``workers`` (1 worker x all threads vs 1 thread per worker: MCTS and
 episodes)."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ BENCHES: dict[str, str] = {
     "policy": "qlib.bench.policy:bench_policy",
     "mcts": "qlib.bench.mcts:bench_mcts",
     "qmodel": "qlib.bench.qmodel:bench_qmodel",
+    "q_precision": "qlib.bench.qmodel:bench_q_precision",
     "clone": "qlib.bench.clone:bench_clone",
     "workers": "qlib.bench.workers:bench_workers",
 }

@@ -7,6 +7,10 @@
   (:class:`~qlib.qmodel.scorer.PrefixCache`) vs re-encoding the whole history at every step;
 * the QNet's training features of one tree's rows: histories shared in trie order vs every prompt whole;
 * DPO seconds per pair at 256 and 512 tokens, fp32 and bf16 autocast (LoRA, batch 2, a few steps).
+
+``--only q_precision`` (:func:`bench_q_precision`) scores recorded steps of the released WebShop ``q``
+episodes with the released step Q model in fp32 and in bf16: the speed ratio and how often bf16 picks
+another candidate than fp32 (a precision that changes the argmax changes the method, not only its speed).
 """
 from __future__ import annotations
 
@@ -289,6 +293,58 @@ def bench_qmodel(
     # the cpu profile's pairs: ≈ 717 tokens, ≈ 93 % of them prompt
     result["dpo_shared_prompt"] = bench_dpo_shared_prompt(str(smollm2_dir()), tokenizer, 768, result["bf16_supported"])
     return result
+
+
+def recorded_steps(rows: list[dict[str, Any]], env_name: str, limit: int) -> list[tuple[list[dict[str, str]], list[str]]]:
+    """(messages, candidate texts) of the first ``limit`` recorded steps with 2+ distinct candidates."""
+    from qlib.agent.prompts import render_messages
+    from qlib.envs import make
+
+    env, steps = make(env_name), []
+    for row in rows:
+        first, history = env.reset(row["task_id"]), []
+        for step in row["trajectory"]:
+            if len(step.get("candidates") or []) >= 2 and len(steps) < limit:
+                messages = render_messages(env_name, first, history, variant=row.get("prompt", "react"), icl=False)
+                steps.append((messages, [c["text"] for c in step["candidates"]]))
+            history.append((step["text"], step["observation"]))
+        if len(steps) >= limit:
+            break
+    return steps
+
+
+def bench_q_precision(env_name: str = "webshop", steps: int = 20, threads: int | None = 1) -> dict[str, Any]:
+    """fp32 vs bf16 scoring of the released step Q model on recorded ``q`` steps (interleaved per step).
+
+    Needs the released artifacts (``results/artifacts/run``): the Q model ``<env>_step`` and Table 2's
+    ``q`` episodes; returns ``{"skipped": why}`` without them.
+    """
+    from qlib.episode_store import load_results
+    from qlib.qmodel import load_q_model
+    from qlib.release import release_dir
+    from qlib.workbook.layout import run_paths
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = release_dir(run_paths("cpu"))
+    model_dir, episodes = run / "qmodels" / f"{env_name}_step", run / "episodes" / f"table2_{env_name}.jsonl"
+    if not (model_dir / "qlib_config.json").exists() or not episodes.exists():
+        return {"skipped": f"needs the released {model_dir} and {episodes}"}
+    rows = [r for r in load_results(episodes) if r.get("method") == "q"]
+    models = {"fp32": load_q_model(model_dir), "bf16": load_q_model(model_dir, dtype=torch.bfloat16)}
+    seconds, same = {name: 0.0 for name in models}, 0
+    recorded = recorded_steps(rows, env_name, steps)
+    for messages, texts in recorded:
+        best = {}
+        for name, model in models.items():
+            start = time.perf_counter()
+            q = model.score(messages, texts)
+            seconds[name] += time.perf_counter() - start
+            best[name] = max(range(len(q)), key=q.__getitem__)
+        same += best["fp32"] == best["bf16"]
+    return {"steps": len(recorded), "fp32_s": round(seconds["fp32"], 1), "bf16_s": round(seconds["bf16"], 1),
+            "bf16_speedup": round(seconds["fp32"] / max(seconds["bf16"], 1e-9), 2),
+            "bf16_same_argmax": f"{same}/{len(recorded)}"}
 
 
 if __name__ == "__main__":
