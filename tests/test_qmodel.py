@@ -471,3 +471,49 @@ def test_recorded_steps_rebuild_the_prompt_of_steps_with_a_choice():
     assert "OBS-ONE" in joined and "search[a]" in joined and "OBS-TWO" not in joined
     assert messages[-1]["role"] == "user"
     assert recorded_steps(rows, "webshop", limit=0) == []
+
+
+def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, tmp_path):
+    """An interrupted feature pass resumes after the prompts it saved (only the rest run again); a checkpoint
+    of other rows or a corrupt file is ignored and the features are computed afresh."""
+    from transformers import AutoModel
+
+    from qlib.qmodel.qnet import QNetModel, ValueHead, cached_features
+
+    rows = qnet_rows()
+    torch.manual_seed(0)
+    backbone = AutoModel.from_pretrained(tiny_dir)
+    model = QNetModel(backbone, ValueHead(backbone.config.hidden_size, 8), tiny_tokenizer(), max_length=400)
+    whole = cached_features(model, rows)
+    prompts = len({json.dumps(r["prompt"]) for r in rows})
+    checkpoint = tmp_path / "features.partial.pt"
+
+    class Interrupt(Exception):
+        pass
+
+    real, calls = model.features, []
+
+    def failing(*args, **kwargs):
+        if len(calls) == 4:
+            raise Interrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    model.features = failing
+    with pytest.raises(Interrupt):
+        cached_features(model, rows, checkpoint=checkpoint, every=2)
+    assert checkpoint.exists()
+    calls.clear()
+    model.features = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    resumed = cached_features(model, rows, checkpoint=checkpoint, every=2)
+    assert len(calls) == prompts - 4  # the 4 saved prompts were not encoded again
+    assert torch.allclose(resumed, whole, atol=1e-4)
+
+    calls.clear()
+    other = [dict(r, completion=[{"role": "assistant", "content": "Action: Search[z]"}]) for r in rows]
+    cached_features(model, other, checkpoint=checkpoint)  # the saved features belong to other actions
+    assert len(calls) == prompts
+    checkpoint.write_bytes(b"not a torch file")
+    calls.clear()
+    assert torch.allclose(cached_features(model, rows, checkpoint=checkpoint), whole, atol=1e-4)
+    assert len(calls) == prompts

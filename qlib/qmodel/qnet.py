@@ -7,7 +7,9 @@ computed once (shared-prefix KV cache per prompt) and only the head is trained.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -22,6 +24,8 @@ from qlib.qmodel.format import Encoded, Message, encode
 from qlib.qmodel.scorer import PrefixCache, model_dtype, packed_inputs, pad_right, prefill
 
 CONFIG_FILE = "qlib_config.json"
+FEATURES_CHECKPOINT = "features.partial.pt"  # features computed so far by an unfinished training run
+log = logging.getLogger(__name__)
 
 
 class ValueHead(nn.Module):
@@ -110,7 +114,8 @@ def row_completion(row: dict[str, Any]) -> Any:
     return row.get("completion", row.get("chosen"))
 
 
-def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
+def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]], *, checkpoint: Path | None = None,
+                    every: int = 100) -> torch.Tensor:
     """Features of every row: one backbone pass per distinct prompt, and each prompt pays only for what it
     does not share with the previous one.
 
@@ -118,17 +123,63 @@ def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]]) -> torch.T
     observation. The distinct prompts are visited in trie order (sorted by their messages), so consecutive
     prompts share their common history, and a :class:`~qlib.qmodel.scorer.PrefixCache` keeps that history's KV
     (``make bench``, qnet_features: the speed-up over encoding every prompt whole).
+
+    With a ``checkpoint`` file the features computed so far are saved there every ``every`` prompts (a
+    WebShop run has thousands of states, each paying for its last observation): an interrupted run resumes
+    after the saved prompts. A checkpoint of other rows or another backbone, or one that cannot be read, is
+    ignored with a warning and the features are computed afresh.
     """
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(message_key(row["prompt"]), []).append(i)
+    order = sorted(groups.items())
+    fingerprint = features_fingerprint(model, [(key, [row_completion(rows[i]) for i in idx]) for key, idx in order])
+    done = load_features_checkpoint(checkpoint, fingerprint) if checkpoint else []
     cache = PrefixCache()
+    with tqdm(total=len(order), initial=len(done), desc="qnet features") as bar:
+        for _, indices in order[len(done):]:
+            done.append(model.features(rows[indices[0]]["prompt"], [row_completion(rows[i]) for i in indices], cache))
+            bar.update()
+            if checkpoint and (len(done) % every == 0 or len(done) == len(order)):
+                save_features_checkpoint(checkpoint, fingerprint, done)
     features: list[torch.Tensor | None] = [None] * len(rows)
-    for _, indices in tqdm(sorted(groups.items()), desc="qnet features"):
-        feats = model.features(rows[indices[0]]["prompt"], [row_completion(rows[i]) for i in indices], cache)
+    for (_, indices), feats in zip(order, done):
         for i, f in zip(indices, feats):
             features[i] = f
     return torch.stack(features)  # type: ignore[arg-type]
+
+
+def features_fingerprint(model: QNetModel, groups: Sequence[tuple[Any, list[Any]]]) -> str:
+    """What a features checkpoint belongs to: the backbone, the encoder's length cap and every prompt and action."""
+    digest = hashlib.sha256(repr((getattr(model.backbone.config, "_name_or_path", ""), model.max_length)).encode())
+    for key, completions in groups:
+        digest.update(json.dumps([key, completions], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def save_features_checkpoint(path: Path, fingerprint: str, done: list[torch.Tensor]) -> None:
+    """The features of the first ``len(done)`` prompts (atomically: a half-written file never replaces one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"fingerprint": fingerprint, "features": [f.clone() for f in done]}, tmp)
+    tmp.replace(path)
+
+
+def load_features_checkpoint(path: Path, fingerprint: str) -> list[torch.Tensor]:
+    """The saved features of the first prompts, or [] (no file, other rows or backbone, unreadable)."""
+    if not path.exists():
+        return []
+    try:
+        saved = torch.load(path, weights_only=True)
+        features = list(saved["features"])
+        matches = saved["fingerprint"] == fingerprint
+    except Exception as err:  # a truncated or foreign file: start over, do not crash the stage
+        log.warning("%s: unreadable features checkpoint (%s): computing the features afresh", path, err)
+        return []
+    if not matches:
+        log.warning("%s: features checkpoint of other rows or another backbone: computing afresh", path)
+        return []
+    log.info("%s: resuming after %d saved prompts", path, len(features))
+    return features
 
 
 def message_key(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
@@ -232,7 +283,7 @@ def run_qnet(
     targets = torch.tensor([float(row["q"]) for row in rows])
     start = time.perf_counter()
     if config.qnet.freeze_backbone:
-        history = fit_head(head, cached_features(model, rows), targets, config)
+        history = fit_head(head, cached_features(model, rows, checkpoint=out / FEATURES_CHECKPOINT), targets, config)
     else:
         history = fit_end_to_end(model, rows, targets, config)
     meta = {
@@ -242,4 +293,5 @@ def run_qnet(
         "train_seconds": round(time.perf_counter() - start, 2), "dtype": "fp32", "config": config.to_dict(),
     }
     save_qnet(model, out, meta, history)
+    (out / FEATURES_CHECKPOINT).unlink(missing_ok=True)
     return out, model
