@@ -351,8 +351,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "webshop.test_tasks": 100,
         "webshop.clone_demos": 150,
         "hotpotqa.train_start": 300,  # the 300 cloning demonstrations use the first 300 train tasks
-        "hotpotqa.train_tasks": 400,
-        "hotpotqa.valid_tasks": 50,
+        # every train task past the demonstrations: the first 68 HotPotQA trees gave 0.43 step pairs each (21 of 68
+        # reach reward 1), so ≥ 300 pairs need ≈ 700 trees; valid and OOD trees on all 100 valid tasks for ≥ 50
+        # held-out pairs each (≈ 13 s per tree with 2 workers)
+        "hotpotqa.train_tasks": 700,
+        "hotpotqa.valid_tasks": 100,
+        "hotpotqa.ood_tasks": 100,
         "hotpotqa.test_tasks": 100,
         "hotpotqa.clone_demos": 300,
         "clone.curve": [50, 100],

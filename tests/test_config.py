@@ -205,7 +205,7 @@ def test_config_copies_pickles_and_serialises():
     config = load_config("cpu", {"policy.base_url": "http://x/v1"})
     for clone in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
         assert clone == config and clone is not config
-        assert clone.webshop.train_start == 200 and clone.env("hotpotqa").train_tasks == 400
+        assert clone.webshop.train_start == 200 and clone.env("hotpotqa").train_tasks == 700
         clone.webshop.max_steps = 9
         assert config.webshop.max_steps == 10
     data = json.loads(config.to_json())
