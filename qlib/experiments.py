@@ -714,11 +714,19 @@ def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] | None = None,
             pairs = paths.pairs(env_name, "step", split)
             if not pairs.exists() or pairs.stat().st_size == 0:
                 continue
-            result = preference_accuracy(q_model, pairs, max_pairs=max_pairs)
-            rows.append({"env": env_name, "set": label, "accuracy": result["accuracy"], "pairs": result["n"],
+            result = preference_accuracy(q_model, pairs, max_pairs=max_pairs, cache=margins_cache(q_model, pairs))
+            rows.append({"env": env_name, "set": label, "accuracy": result["accuracy"],
+                         "accuracy_lo": result["accuracy_lo"], "accuracy_hi": result["accuracy_hi"], "pairs": result["n"],
                          "mean_margin": result["mean_margin"],
                          "paper": paper_number("fig4a", env_name, "ind") if split == "valid" else None})
     return pd.DataFrame(rows)
+
+
+def margins_cache(q_model: Any, pairs_file: Path) -> Path | None:
+    """Where the pair margins of ``q_model`` on ``pairs_file`` are kept: ``<model folder>/margins/<pairs>.jsonl``
+    (released with the model), or None for a model not loaded from a folder."""
+    folder = getattr(q_model, "path", "")
+    return Path(folder) / "margins" / f"{Path(pairs_file).stem}.jsonl" if folder else None
 
 
 def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
@@ -746,9 +754,10 @@ def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
             for split, label in (("valid", "in-distribution"), ("valid_ood", "out-of-distribution")):
                 held_out = paths.pairs(env_name, "step", split)
                 if count_rows(held_out):
-                    result = preference_accuracy(q_model, held_out)
+                    result = preference_accuracy(q_model, held_out, cache=margins_cache(q_model, held_out))
                     rows.append({"env": env_name, "init": init, "train_pairs": k, "set": label,
-                                 "accuracy": result["accuracy"], "pairs": result["n"],
+                                 "accuracy": result["accuracy"], "accuracy_lo": result.get("accuracy_lo"),
+                                 "accuracy_hi": result.get("accuracy_hi"), "pairs": result["n"],
                                  "mean_margin": result["mean_margin"], "default": init == config.dpo.init})
     return pd.DataFrame(rows)
 

@@ -69,8 +69,10 @@ def jsonl_compute(rows: Iterable[dict[str, Any]]) -> tuple[int, float]:
 
 
 def model_files(folder: Path) -> list[Path]:
-    """The files of a trained model, without trainer checkpoints."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "trainer" not in p.relative_to(folder).parts)
+    """The files of a trained model (its pair margins included), without trainer checkpoints and without the
+    partial files of an unfinished run (``*.partial.pt``, ``*.tmp``)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "trainer" not in p.relative_to(folder).parts
+                  and not p.name.endswith((".partial.pt", ".tmp")))
 
 
 # ----------------------------------------------------------------------------- release
@@ -117,7 +119,8 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
     for folder in sorted(p for p in (runs / "qmodels").glob("*") if p.is_dir()):
         parts = model_files(folder)
         too_big = sum(p.stat().st_size for p in parts) > max_model_mb * 2**20
-        if not parts or too_big or any(folder.match(pattern) for pattern in UNRELEASED_MODELS):
+        unfinished = not (folder / "qlib_config.json").is_file()  # written last, when training ends
+        if not parts or unfinished or too_big or any(folder.match(pattern) for pattern in UNRELEASED_MODELS):
             skipped_models.append(folder.name)
             continue
         meta = _read_json(folder / "qlib_config.json")

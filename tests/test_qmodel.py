@@ -517,3 +517,38 @@ def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, t
     calls.clear()
     assert torch.allclose(cached_features(model, rows, checkpoint=checkpoint), whole, atol=1e-4)
     assert len(calls) == prompts
+
+
+def test_pair_margins_are_cached_per_saved_model_and_resume(tmp_path):
+    """Margins are appended as they are scored; the same saved model reads them back instead of scoring,
+    a retrained model (another qlib_config.json) or an in-memory one scores afresh, a cut-off line is skipped."""
+    from qlib.qmodel.api import pair_margins
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "qlib_config.json").write_text('{"train_seconds": 1}')
+
+    class Counting:
+        def __init__(self, path):
+            self.path, self.calls = path, 0
+
+        def score_completions(self, prompt, completions):
+            self.calls += 1
+            return [len(completions[0][0]["content"]), len(completions[1][0]["content"])]
+
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "a" * (i + 2)}],
+             "rejected": [{"role": "assistant", "content": "b"}]} for i in range(4)]
+    cache = tmp_path / "margins" / "valid_step.jsonl"
+    model = Counting(str(folder))
+    assert pair_margins(model, rows[:2], cache=cache) == [1, 2] and model.calls == 2
+    with open(cache, "a") as handle:
+        handle.write('{"pair": "cut off')  # a crash mid-line
+    assert pair_margins(model, rows, cache=cache) == [1, 2, 3, 4] and model.calls == 4  # only the 2 new pairs
+    again = Counting(str(folder))
+    assert pair_margins(again, rows, cache=cache) == [1, 2, 3, 4] and again.calls == 0
+    (folder / "qlib_config.json").write_text('{"train_seconds": 2}')  # retrained in the same folder
+    retrained = Counting(str(folder))
+    assert pair_margins(retrained, rows, cache=cache) == [1, 2, 3, 4] and retrained.calls == 4
+    in_memory = Counting("")
+    pair_margins(in_memory, rows, cache=tmp_path / "other.jsonl")
+    assert in_memory.calls == 4 and not (tmp_path / "other.jsonl").exists()

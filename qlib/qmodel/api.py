@@ -1,6 +1,7 @@
 """Loading saved Q-value models and measuring preference accuracy."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,26 +76,68 @@ def _load_qnet(path: Path, meta: dict[str, Any], dtype: Any, options: dict[str, 
     return QNetModel(backbone, head, tokenizer, max_length=options.get("max_length", meta.get("max_length")))
 
 
-def preference_accuracy(q_model: QModel, pairs_file: str | Path, *, max_pairs: int = 0) -> dict[str, Any]:
-    """Share of pairs with Q(chosen) > Q(rejected), overall and per ``level`` (step / trajectory).
+def preference_accuracy(q_model: QModel, pairs_file: str | Path, *, max_pairs: int = 0, cache: Path | None = None,
+                        resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Share of pairs with Q(chosen) > Q(rejected), overall (with a 95% bootstrap CI over the pairs) and per
+    ``level`` (step / trajectory); the margins come from :func:`pair_margins` (``cache``: see there).
 
     A trajectory pair's chosen/rejected are multi-turn; the scorer sums over all their assistant tokens.
     """
-    from tqdm.auto import tqdm
+    from qlib.stats import mean_ci
 
     rows = list(read_jsonl(pairs_file))
     rows = rows[:max_pairs] if max_pairs > 0 else rows
-    margins: list[float] = []
-    levels: list[str] = []
-    for row in tqdm(rows, desc="preference accuracy"):
-        chosen, rejected = q_model.score_completions(row["prompt"], [row["chosen"], row["rejected"]])
-        margins.append(chosen - rejected)
-        levels.append(str(row.get("level", "step")))
+    margins = pair_margins(q_model, rows, cache=cache)
+    levels = [str(row.get("level", "step")) for row in rows]
     result = summarise(margins)
+    _, result["accuracy_lo"], result["accuracy_hi"] = mean_ci([m > 0 for m in margins], resamples=resamples, seed=seed)
     result["by_level"] = {
         level: summarise([m for m, lv in zip(margins, levels) if lv == level]) for level in sorted(set(levels))
     }
     return result
+
+
+def pair_margins(q_model: QModel, rows: Sequence[dict[str, Any]], *, cache: Path | None = None) -> list[float]:
+    """Q(chosen) − Q(rejected) of each pair row, in order.
+
+    With a ``cache`` file (JSONL, one ``{"pair", "model", "margin"}`` row per scored pair, appended as they are
+    scored) a pair already scored by this same saved model is read back instead of scored again: notebook 07
+    re-runs in seconds and an interrupted pass resumes. Rows of another model (retrained in the same folder:
+    another ``qlib_config.json``) are ignored; a model that was not loaded from a folder is never cached.
+    """
+    from tqdm.auto import tqdm
+
+    from qlib.io import append_jsonl
+
+    model = model_fingerprint(q_model) if cache is not None else None
+    known: dict[str, float] = {}
+    if model and cache is not None and cache.exists():
+        known = {r["pair"]: float(r["margin"]) for r in read_jsonl(cache, tolerant=True)
+                 if r.get("model") == model and "pair" in r and "margin" in r}
+    margins = []
+    for row in tqdm(rows, desc="preference accuracy"):
+        key = pair_key(row)
+        if key not in known:
+            chosen, rejected = q_model.score_completions(row["prompt"], [row["chosen"], row["rejected"]])
+            known[key] = chosen - rejected
+            if model and cache is not None:
+                append_jsonl(cache, {"pair": key, "model": model, "margin": known[key]})
+        margins.append(known[key])
+    return margins
+
+
+def pair_key(row: dict[str, Any]) -> str:
+    """A preference pair's identity: the hash of its prompt, chosen and rejected."""
+    text = json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def model_fingerprint(q_model: QModel) -> str | None:
+    """The hash of the ``qlib_config.json`` of the folder ``q_model`` was loaded from; None when not loaded."""
+    file = Path(getattr(q_model, "path", "") or "") / CONFIG_FILE
+    if not getattr(q_model, "path", "") or not file.is_file():
+        return None
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
 
 
 def summarise(margins: Sequence[float]) -> dict[str, Any]:
