@@ -763,12 +763,15 @@ def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
 
 
 def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str, *, variant: str = "react",
-                         max_actions: int = 200) -> pd.DataFrame:
-    """Fig 4b: Q of each executed action, labelled by whether its episode succeeded."""
+                         max_actions: int = 200, cache: Path | None = None) -> pd.DataFrame:
+    """Fig 4b: Q of each executed action, labelled by whether its episode succeeded (up to ``max_actions`` of
+    each); with a ``cache`` file (:class:`qlib.qmodel.api.ScoreCache`) actions already scored are read back."""
     from qlib.agent.prompts import render_messages
     from qlib.envs import make
+    from qlib.qmodel.api import ScoreCache, content_key
 
     env = make(env_name)
+    store = ScoreCache(cache, q_model)
     records = []
     for outcome in (True, False):
         taken = 0
@@ -779,8 +782,10 @@ def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str
                 if taken >= max_actions:
                     break
                 messages = render_messages(env_name, first, history, variant=variant, icl=False)
-                q = q_model.score(messages, [step["text"]])[0]
-                records.append({"env": env_name, "trajectory": "successful" if outcome else "failed", "q": q})
+                key = content_key([messages, step["text"]])
+                if key not in store:
+                    store.put(key, q_model.score(messages, [step["text"]])[0])
+                records.append({"env": env_name, "trajectory": "successful" if outcome else "failed", "q": store[key]})
                 history.append((step["text"], step["observation"]))
                 taken += 1
     return pd.DataFrame(records)
@@ -797,7 +802,8 @@ def executed_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFram
         if q_model is None or not episodes.exists():
             continue
         sampled = [r for r in load_results(episodes) if r["method"] == "sampled"]
-        frames.append(q_values_of_episodes(q_model, sampled, env, max_actions=max_actions))
+        cache = Path(q_model.path) / "qvalues" / f"{episodes.stem}_sampled.jsonl" if getattr(q_model, "path", "") else None
+        frames.append(q_values_of_episodes(q_model, sampled, env, max_actions=max_actions, cache=cache))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "trajectory", "q"])
 
 

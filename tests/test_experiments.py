@@ -295,3 +295,29 @@ def test_ood_trees_are_played_by_the_profiles_second_agent_unless_one_is_given(m
     assert tasks == {"webshop": 5, "hotpotqa": config.hotpotqa.valid_tasks}  # 0 = the env's valid tasks
     ex.collect_all_trees(config, paths, second_policy={"policy.icl": False})
     assert calls[-1]["policy_overrides"] == {"policy.icl": False}
+
+
+def test_q_of_executed_actions_is_cached_beside_the_model(tmp_path):
+    """Fig. 4b: one Q per executed action (up to max_actions per outcome), read back from the model's cache."""
+    folder = tmp_path / "webshop_step"
+    folder.mkdir()
+    (folder / "qlib_config.json").write_text("{}")
+
+    class Counting:
+        path, calls = str(folder), 0
+
+        def score(self, messages, candidates):
+            self.calls += 1
+            return [float(len(messages))]
+
+    steps = [{"text": "Thought: a\nAction: search[x]", "observation": "o1"},
+             {"text": "Thought: b\nAction: click[y]", "observation": "o2"}]
+    rows = [{"task_id": 0, "success": True, "trajectory": steps}, {"task_id": 1, "success": False, "trajectory": steps}]
+    cache = folder / "qvalues" / "test_methods_webshop_sampled.jsonl"
+    model = Counting()
+    first = ex.q_values_of_episodes(model, rows, "webshop", max_actions=3, cache=cache)
+    assert list(first.trajectory) == ["successful", "successful", "failed", "failed"] and model.calls == 4
+    assert first.q.iloc[1] > first.q.iloc[0]  # the second step's prompt holds the first turn and observation
+    again = Counting()
+    assert ex.q_values_of_episodes(again, rows, "webshop", max_actions=1, cache=cache).q.tolist() == [first.q[0], first.q[2]]
+    assert again.calls == 0

@@ -520,7 +520,7 @@ def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, t
 
 
 def test_pair_margins_are_cached_per_saved_model_and_resume(tmp_path):
-    """Margins are appended as they are scored; the same saved model reads them back instead of scoring,
+    """Margins are appended as they are scored (ScoreCache); the same saved model reads them back instead of scoring,
     a retrained model (another qlib_config.json) or an in-memory one scores afresh, a cut-off line is skipped."""
     from qlib.qmodel.api import pair_margins
 
@@ -542,7 +542,7 @@ def test_pair_margins_are_cached_per_saved_model_and_resume(tmp_path):
     model = Counting(str(folder))
     assert pair_margins(model, rows[:2], cache=cache) == [1, 2] and model.calls == 2
     with open(cache, "a") as handle:
-        handle.write('{"pair": "cut off')  # a crash mid-line
+        handle.write('{"key": "cut off')  # a crash mid-line
     assert pair_margins(model, rows, cache=cache) == [1, 2, 3, 4] and model.calls == 4  # only the 2 new pairs
     again = Counting(str(folder))
     assert pair_margins(again, rows, cache=cache) == [1, 2, 3, 4] and again.calls == 0

@@ -98,37 +98,60 @@ def preference_accuracy(q_model: QModel, pairs_file: str | Path, *, max_pairs: i
 
 
 def pair_margins(q_model: QModel, rows: Sequence[dict[str, Any]], *, cache: Path | None = None) -> list[float]:
-    """Q(chosen) − Q(rejected) of each pair row, in order.
-
-    With a ``cache`` file (JSONL, one ``{"pair", "model", "margin"}`` row per scored pair, appended as they are
-    scored) a pair already scored by this same saved model is read back instead of scored again: notebook 07
-    re-runs in seconds and an interrupted pass resumes. Rows of another model (retrained in the same folder:
-    another ``qlib_config.json``) are ignored; a model that was not loaded from a folder is never cached.
-    """
+    """Q(chosen) − Q(rejected) of each pair row, in order; with a ``cache`` file (:class:`ScoreCache`, keyed
+    by :func:`pair_key`) pairs this saved model already scored are read back instead of scored again."""
     from tqdm.auto import tqdm
 
-    from qlib.io import append_jsonl
-
-    model = model_fingerprint(q_model) if cache is not None else None
-    known: dict[str, float] = {}
-    if model and cache is not None and cache.exists():
-        known = {r["pair"]: float(r["margin"]) for r in read_jsonl(cache, tolerant=True)
-                 if r.get("model") == model and "pair" in r and "margin" in r}
+    store = ScoreCache(cache, q_model)
     margins = []
     for row in tqdm(rows, desc="preference accuracy"):
         key = pair_key(row)
-        if key not in known:
+        if key not in store:
             chosen, rejected = q_model.score_completions(row["prompt"], [row["chosen"], row["rejected"]])
-            known[key] = chosen - rejected
-            if model and cache is not None:
-                append_jsonl(cache, {"pair": key, "model": model, "margin": known[key]})
-        margins.append(known[key])
+            store.put(key, chosen - rejected)
+        margins.append(store[key])
     return margins
+
+
+class ScoreCache:
+    """Values a saved Q model computed (pair margins, Q of actions), kept in a JSONL file beside it.
+
+    One ``{"key", "model", "value"}`` row per value, appended and flushed as it is computed, so notebooks
+    re-run in seconds and an interrupted pass resumes. ``model`` is the hash of the model's ``qlib_config.json``:
+    rows of another model (retrained in the same folder) are ignored; a model not loaded from a folder, or no
+    ``path``, caches nothing. A line cut off by a crash is skipped.
+    """
+
+    def __init__(self, path: Path | None, q_model: QModel) -> None:
+        self.model = model_fingerprint(q_model) if path is not None else None
+        self.path = path if self.model else None
+        self.values: dict[str, float] = {}
+        if self.path is not None and self.path.exists():
+            self.values = {r["key"]: float(r["value"]) for r in read_jsonl(self.path, tolerant=True)
+                           if r.get("model") == self.model and "key" in r and "value" in r}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[key]
+
+    def put(self, key: str, value: float) -> None:
+        from qlib.io import append_jsonl
+
+        self.values[key] = float(value)
+        if self.path is not None:
+            append_jsonl(self.path, {"key": key, "model": self.model, "value": float(value)})
 
 
 def pair_key(row: dict[str, Any]) -> str:
     """A preference pair's identity: the hash of its prompt, chosen and rejected."""
-    text = json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True, ensure_ascii=False)
+    return content_key([row["prompt"], row["chosen"], row["rejected"]])
+
+
+def content_key(value: Any) -> str:
+    """A short hash of a JSON-serialisable value (the identity of what a Q model scored)."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
