@@ -714,7 +714,7 @@ def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] | None = None,
             pairs = paths.pairs(env_name, "step", split)
             if not pairs.exists() or pairs.stat().st_size == 0:
                 continue
-            result = preference_accuracy(q_model, pairs, max_pairs=max_pairs, cache=margins_cache(q_model, pairs))
+            result = preference_accuracy(q_model, pairs, max_pairs=max_pairs, cache=score_cache(q_model, "margins", pairs.stem))
             rows.append({"env": env_name, "set": label, "accuracy": result["accuracy"],
                          "accuracy_lo": result["accuracy_lo"], "accuracy_hi": result["accuracy_hi"], "pairs": result["n"],
                          "mean_margin": result["mean_margin"],
@@ -722,11 +722,12 @@ def preference_accuracies(paths: RunPaths, *, envs: Sequence[str] | None = None,
     return pd.DataFrame(rows)
 
 
-def margins_cache(q_model: Any, pairs_file: Path) -> Path | None:
-    """Where the pair margins of ``q_model`` on ``pairs_file`` are kept: ``<model folder>/margins/<pairs>.jsonl``
-    (released with the model), or None for a model not loaded from a folder."""
+def score_cache(q_model: Any, kind: str, name: str) -> Path | None:
+    """Where values ``q_model`` computed are kept (:class:`qlib.qmodel.api.ScoreCache`):
+    ``<model folder>/<kind>/<name>.jsonl``, released with the model (kinds: ``margins`` of a pairs file,
+    ``qvalues`` of an episode file's actions); None for a model not loaded from a folder."""
     folder = getattr(q_model, "path", "")
-    return Path(folder) / "margins" / f"{Path(pairs_file).stem}.jsonl" if folder else None
+    return Path(folder) / kind / f"{name}.jsonl" if folder else None
 
 
 def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
@@ -754,10 +755,10 @@ def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
             for split, label in (("valid", "in-distribution"), ("valid_ood", "out-of-distribution")):
                 held_out = paths.pairs(env_name, "step", split)
                 if count_rows(held_out):
-                    result = preference_accuracy(q_model, held_out, cache=margins_cache(q_model, held_out))
+                    result = preference_accuracy(q_model, held_out, cache=score_cache(q_model, "margins", held_out.stem))
                     rows.append({"env": env_name, "init": init, "train_pairs": k, "set": label,
-                                 "accuracy": result["accuracy"], "accuracy_lo": result.get("accuracy_lo"),
-                                 "accuracy_hi": result.get("accuracy_hi"), "pairs": result["n"],
+                                 "accuracy": result["accuracy"], "accuracy_lo": result["accuracy_lo"],
+                                 "accuracy_hi": result["accuracy_hi"], "pairs": result["n"],
                                  "mean_margin": result["mean_margin"], "default": init == config.dpo.init})
     return pd.DataFrame(rows)
 
@@ -766,7 +767,7 @@ def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str
                          max_actions: int = 200, cache: Path | None = None) -> pd.DataFrame:
     """Fig 4b: Q of each executed action, labelled by whether its episode succeeded (up to ``max_actions`` of
     each); with a ``cache`` file (:class:`qlib.qmodel.api.ScoreCache`) actions already scored are read back."""
-    from qlib.agent.prompts import render_messages
+    from qlib.agent.prompts import recorded_prompts
     from qlib.envs import make
     from qlib.qmodel.api import ScoreCache, content_key
 
@@ -776,17 +777,13 @@ def q_values_of_episodes(q_model: Any, rows: list[dict[str, Any]], env_name: str
     for outcome in (True, False):
         taken = 0
         for row in (r for r in rows if bool(r["success"]) == outcome):
-            first = env.reset(row["task_id"])
-            history: list[tuple[str, str]] = []
-            for step in row["trajectory"]:
+            for step, messages in recorded_prompts(env_name, env.reset(row["task_id"]), row["trajectory"], variant=variant):
                 if taken >= max_actions:
                     break
-                messages = render_messages(env_name, first, history, variant=variant, icl=False)
                 key = content_key([messages, step["text"]])
                 if key not in store:
                     store.put(key, q_model.score(messages, [step["text"]])[0])
                 records.append({"env": env_name, "trajectory": "successful" if outcome else "failed", "q": store[key]})
-                history.append((step["text"], step["observation"]))
                 taken += 1
     return pd.DataFrame(records)
 
@@ -802,7 +799,7 @@ def executed_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFram
         if q_model is None or not episodes.exists():
             continue
         sampled = [r for r in load_results(episodes) if r["method"] == "sampled"]
-        cache = Path(q_model.path) / "qvalues" / f"{episodes.stem}_sampled.jsonl" if getattr(q_model, "path", "") else None
+        cache = score_cache(q_model, "qvalues", f"{episodes.stem}_sampled")
         frames.append(q_values_of_episodes(q_model, sampled, env, max_actions=max_actions, cache=cache))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "trajectory", "q"])
 

@@ -255,7 +255,8 @@ def test_q_init_comparison_trains_both_starts_on_the_same_pairs(tmp_path, monkey
     monkeypatch.setattr("qlib.qmodel.train_dpo", fake_train)
     monkeypatch.setattr("qlib.qmodel.load_q_model", lambda out: out.name)
     monkeypatch.setattr("qlib.qmodel.preference_accuracy",
-                        lambda q, pairs, **kw: {"accuracy": 0.75 if "agent" in q else 0.5, "n": 4, "mean_margin": 0.1})
+                        lambda q, pairs, **kw: {"accuracy": 0.75 if "agent" in q else 0.5, "accuracy_lo": 0.25,
+                                                  "accuracy_hi": 1.0, "n": 4, "mean_margin": 0.1})
     monkeypatch.setattr(ex, "q_model_init", lambda config, env: Path("merged") if env == "webshop" else None)
     table = ex.q_init_comparison(load_config("cpu"), paths, max_pairs=6)
     assert trained == [("webshop_step_init_base_6pairs", 6, None), ("webshop_step_init_agent_6pairs", 6, Path("merged"))]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from qlib.agent.base import Message
 from qlib.envs.registry import get_spec
@@ -93,6 +93,17 @@ def render_messages(
         messages.append(_msg("assistant", turn))
         messages.append(_msg("user", format_observation(env_name, observation)))
     return messages
+
+
+def recorded_prompts(
+    env_name: str, task_observation: str, trajectory: Sequence[dict], *, variant: str = "react"
+) -> Iterator[tuple[dict, list[Message]]]:
+    """Each step of a recorded episode (``text``, ``observation``) with the prompt a Q model saw before it
+    (no few-shot examples): the inputs to re-score an episode's actions offline."""
+    history: list[tuple[str, str]] = []
+    for step in trajectory:
+        yield step, render_messages(env_name, task_observation, history, variant=variant, icl=False)
+        history.append((step["text"], step["observation"]))
 
 
 def render_conversation(

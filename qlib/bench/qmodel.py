@@ -297,19 +297,17 @@ def bench_qmodel(
 
 def recorded_steps(rows: list[dict[str, Any]], env_name: str, limit: int) -> list[tuple[list[dict[str, str]], list[str]]]:
     """(messages, candidate texts) of the first ``limit`` recorded steps with 2+ distinct candidates."""
-    from qlib.agent.prompts import render_messages
+    from qlib.agent.prompts import recorded_prompts
     from qlib.envs import make
 
     env, steps = make(env_name), []
     for row in rows:
-        first, history = env.reset(row["task_id"]), []
-        for step in row["trajectory"]:
-            if len(step.get("candidates") or []) >= 2 and len(steps) < limit:
-                messages = render_messages(env_name, first, history, variant=row.get("prompt", "react"), icl=False)
+        for step, messages in recorded_prompts(env_name, env.reset(row["task_id"]), row["trajectory"],
+                                               variant=row.get("prompt", "react")):
+            if len(steps) >= limit:
+                return steps
+            if len(step.get("candidates") or []) >= 2:
                 steps.append((messages, [c["text"] for c in step["candidates"]]))
-            history.append((step["text"], step["observation"]))
-        if len(steps) >= limit:
-            break
     return steps
 
 

@@ -157,10 +157,10 @@ def content_key(value: Any) -> str:
 
 def model_fingerprint(q_model: QModel) -> str | None:
     """The hash of the ``qlib_config.json`` of the folder ``q_model`` was loaded from; None when not loaded."""
-    file = Path(getattr(q_model, "path", "") or "") / CONFIG_FILE
-    if not getattr(q_model, "path", "") or not file.is_file():
+    folder = getattr(q_model, "path", "")
+    if not folder or not (Path(folder) / CONFIG_FILE).is_file():
         return None
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((Path(folder) / CONFIG_FILE).read_bytes()).hexdigest()[:16]
 
 
 def summarise(margins: Sequence[float]) -> dict[str, Any]:
