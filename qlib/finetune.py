@@ -76,9 +76,17 @@ def rft_rows(source: Any, config: Config) -> list[dict[str, Any]]:
 
 
 def agentevol_rows(source: Any, config: Config) -> list[dict[str, Any]]:
-    """AgentEvol data: finished trajectories with reward > ``finetune.agentevol_min_reward``, ``weight`` = reward."""
-    low = config.finetune.agentevol_min_reward
-    return [{**r, "weight": r["reward"]} for r in tree_trajectories(source) if r["finished"] and r["reward"] > low]
+    """AgentEvol data: finished trajectories with reward > ``finetune.agentevol_min_reward``, ``weight`` = reward;
+    at most ``finetune.agentevol_per_task`` per task (highest reward first, ties in tree order; 0 = all)."""
+    low, cap = config.finetune.agentevol_min_reward, config.finetune.agentevol_per_task
+    rows = [{**r, "weight": r["reward"]} for r in tree_trajectories(source) if r["finished"] and r["reward"] > low]
+    if not cap:
+        return rows
+    kept: dict[tuple, list[int]] = {}
+    for i in sorted(range(len(rows)), key=lambda i: -rows[i]["reward"]):  # stable: ties stay in tree order
+        kept.setdefault((rows[i]["env"], rows[i]["task_id"]), []).append(i)
+    keep = {i for ids in kept.values() for i in ids[:cap]}
+    return [r for i, r in enumerate(rows) if i in keep]
 
 
 def eto_pairs(source: Any, config: Config) -> list[dict[str, Any]]:

@@ -67,6 +67,8 @@ def test_tree_data_of_each_row(tree_dir):
     assert sorted(r["node_id"] for r in lenient if r["task_id"] == 0) == [4, 8, 9]
     evol = finetune.agentevol_rows(tree_dir, config)
     assert sorted((r["node_id"], r["weight"]) for r in evol if r["task_id"] == 0) == [(4, 1.0), (8, 1.0), (9, 0.9)]
+    capped = finetune.agentevol_rows(tree_dir, load_config("smoke", {"finetune.agentevol_per_task": 2}))
+    assert [(r["task_id"], r["node_id"]) for r in capped] == [(0, 4), (0, 8), (1, 4), (1, 8)]  # the 0.9 ones go
     eto = finetune.eto_pairs(tree_dir, config)
     assert [(r["chosen_id"], r["rejected_id"]) for r in eto] == [(4, 6), (4, 6)]
     assert eto[0]["chosen"][-1]["content"] == "Thought: t4\nAction: go[b]"
