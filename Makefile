@@ -15,6 +15,11 @@ ENV ?=
 export OMP_WAIT_POLICY := PASSIVE
 # pip, not the project, owns the llama.cpp build: the compiled wheel is cached after the first time.
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
+# It is compiled for this CPU (-march=native) but without AMX: on a Sapphire Rapids machine ggml's AMX matmul
+# segfaulted in llama_decode on any prompt longer than a few tokens (ggml_backend_amx_mul_mat). AVX-512 stays.
+# Only x86_64 compilers know these flags. A wheel pip cached from a build without them is reused as is.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 DEPS_HASH := $(shell cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.qlib-setup-$(DEPS_HASH)
 
@@ -38,7 +43,7 @@ $(STAMP):
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps --require-hashes -r requirements-nodeps.txt
-	$(PIP) install --quiet "$(LLAMA_CPP)" torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet "$(LLAMA_CPP)" torch==2.13.0
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.qlib-setup-*
 	@touch $@
