@@ -291,6 +291,11 @@ def test_dpo_full_finetune_round_trip_and_trajectory_pairs(tok, tiny_dir, tmp_pa
     messages = rows[0]["prompt"]
     assert loaded.score(messages, CANDIDATES) == pytest.approx(in_memory.score(messages, CANDIDATES), abs=1e-5)
 
+    meta = json.loads((out / "qlib_config.json").read_text())  # its base gone (a fresh machine): a clear error
+    (out / "qlib_config.json").write_text(json.dumps({**meta, "base_model": str(tmp_path / "gone")}))
+    with pytest.raises(FileNotFoundError, match="rebuild it first"):
+        load_q_model(out)
+
 
 def test_bf16_detection_returns_a_bool():
     from qlib.qmodel.dpo import bf16_supported

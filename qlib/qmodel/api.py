@@ -47,6 +47,10 @@ def _load_dpo(path: Path, meta: dict[str, Any], dtype: Any, options: dict[str, A
     from qlib.qmodel.scorer import DPOQModel
 
     _, base_dir = resolve_base(meta["base_model"])
+    if not Path(base_dir).is_dir():  # e.g. a released Q model whose cloned agent was not rebuilt on this machine
+        raise FileNotFoundError(f"the Q model {path} was trained on top of {meta['base_model']}, which is not on "
+                                f"this machine ({base_dir}); rebuild it first (a cloned agent: "
+                                "`python -m qlib clone --env <env>`)")
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     if meta["lora"]:
         from peft import PeftModel
