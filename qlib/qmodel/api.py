@@ -40,17 +40,25 @@ def load_q_model(path: str | Path, *, dtype: Any = None, device: str | None = No
     return model
 
 
+def base_folder(path: Path, meta: dict[str, Any]) -> str:
+    """The folder of the backbone a saved Q model was trained on; a missing one (e.g. a released Q model whose
+    cloned agent was not rebuilt on this machine) is a :class:`~qlib.export.CloneNotFoundError` saying so."""
+    from qlib.export import TRAIN_HINT, CloneNotFoundError
+    from qlib.qmodel.dpo import resolve_base
+
+    _, base_dir = resolve_base(meta["base_model"])
+    if not Path(base_dir).is_dir():
+        raise CloneNotFoundError(f"the Q model {path} was trained on top of {meta['base_model']}, which is not on "
+                                 f"this machine ({base_dir}); rebuild it first: {TRAIN_HINT}")
+    return base_dir
+
+
 def _load_dpo(path: Path, meta: dict[str, Any], dtype: Any, options: dict[str, Any]) -> QModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlib.qmodel.dpo import resolve_base
     from qlib.qmodel.scorer import DPOQModel
 
-    _, base_dir = resolve_base(meta["base_model"])
-    if not Path(base_dir).is_dir():  # e.g. a released Q model whose cloned agent was not rebuilt on this machine
-        raise FileNotFoundError(f"the Q model {path} was trained on top of {meta['base_model']}, which is not on "
-                                f"this machine ({base_dir}); rebuild it first (a cloned agent: "
-                                "`python -m qlib clone --env <env>`)")
+    base_dir = base_folder(path, meta)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     if meta["lora"]:
         from peft import PeftModel
@@ -68,11 +76,9 @@ def _load_qnet(path: Path, meta: dict[str, Any], dtype: Any, options: dict[str, 
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
-    from qlib.qmodel.dpo import resolve_base
     from qlib.qmodel.qnet import QNetModel, ValueHead
 
-    _, base_dir = resolve_base(meta["base_model"])
-    source = base_dir if meta["freeze_backbone"] else path / "backbone"
+    source = base_folder(path, meta) if meta["freeze_backbone"] else path / "backbone"
     backbone = AutoModel.from_pretrained(source, dtype=dtype)
     head = ValueHead(backbone.config.hidden_size, meta["hidden"])
     head.load_state_dict(load_file(str(path / "head.safetensors")))
