@@ -159,6 +159,11 @@ def evaluate(
             append_jsonl(out, row)
         done[task_id] = row
     todo = [t for t in tasks if t not in done]
+    if todo and method in SCORED:
+        from qlib.qmodel.api import LazyQModel
+
+        if isinstance(q_model, LazyQModel):  # read it now: a missing base stops here, not as one error row per task
+            q_model.model()
     log.info("%s/%s %s n=%d: %d tasks, %d already done",
              env_name, split, method, k, len(tasks), len(tasks) - len(todo))
     failed = run_tasks(runner, todo, meta, done, out, workers, env_factory)

@@ -439,11 +439,13 @@ def training_curves(paths: RunPaths, *, envs: Sequence[str] | None = None) -> pd
 
 
 def load_q(paths: RunPaths, env_name: str, name: str) -> Any:
-    """The trained Q model ``{env}_{name}``, or None when it was not trained (no pairs)."""
-    from qlib.qmodel import load_q_model
+    """The trained Q model ``{env}_{name}`` (a :class:`~qlib.qmodel.api.LazyQModel`: its weights are read when it
+    first scores, so a rerun whose episodes and scores are all on disk needs neither them nor the agent they were
+    trained on), or None when it was not trained (no pairs)."""
+    from qlib.qmodel import LazyQModel
 
     out = paths.qmodel(env_name, name)
-    return load_q_model(out) if (out / "qlib_config.json").exists() else None
+    return LazyQModel(out) if (out / "qlib_config.json").exists() else None
 
 
 # ----------------------------------------------------------------------------- stage 4: acting

@@ -208,6 +208,19 @@ def test_q_needs_a_model(config):
         run("q", config, SeededPolicy())
 
 
+def test_a_lazy_q_model_that_cannot_load_stops_the_run_before_any_episode(config, tmp_path):
+    from qlib.export import CloneNotFoundError
+    from qlib.qmodel import LazyQModel
+
+    saved = tmp_path / "q"  # a released Q model whose base agent is not on this machine
+    saved.mkdir()
+    (saved / "qlib_config.json").write_text(json.dumps({"kind": "dpo", "base_model": str(tmp_path / "gone")}))
+    out = tmp_path / "episodes.jsonl"
+    with pytest.raises(CloneNotFoundError, match="rebuild it first"):
+        run("q", config, SeededPolicy(), q_model=LazyQModel(saved), n=2, out=out)
+    assert not out.exists()  # no error row per task
+
+
 def test_greedy_and_sampled_use_one_sample(config):
     greedy_policy, sampled_policy = SeededPolicy(greedy_action="guess[1]"), SeededPolicy()
     rows = run("greedy", config, greedy_policy, n=5)

@@ -276,25 +276,38 @@ def test_dpo_lora_learns_pairs_and_trl_scores_the_scorer_tokens(tok, tiny_dir, p
 
 
 def test_dpo_full_finetune_round_trip_and_trajectory_pairs(tok, tiny_dir, tmp_path):
+    import shutil
+
+    from qlib.qmodel import LazyQModel
     from qlib.qmodel.dpo import run_dpo
 
     rows = [pair_row(i, steps=1, level="trajectory") for i in range(2)] + [pair_row(9, steps=2)]
     pairs = write_jsonl(tmp_path / "traj.jsonl", rows)
+    base = shutil.copytree(tiny_dir, tmp_path / "base")
     config = dpo_config(**{"dpo.lora": False, "dpo.learning_rate": 1e-3, "dpo.batch_size": 3})
-    out, trainer = run_dpo(pairs, tmp_path / "full", config, model_path=tiny_dir, max_steps=3)
+    out, trainer = run_dpo(pairs, tmp_path / "full", config, model_path=base, max_steps=3)
     assert (out / "model" / "model.safetensors").is_file()
     loaded = load_q_model(out)
-    result = preference_accuracy(loaded, pairs)
+    cache = tmp_path / "margins.jsonl"
+    result = preference_accuracy(loaded, pairs, cache=cache)
     assert result["accuracy"] == 1.0 and set(result["by_level"]) == {"step", "trajectory"}
-    ref = type(trainer.model).from_pretrained(tiny_dir)
+    ref = type(trainer.model).from_pretrained(base)
     in_memory = DPOQModel(trainer.model, trainer.processing_class, 0.1, ref=ref, max_length=256)
     messages = rows[0]["prompt"]
     assert loaded.score(messages, CANDIDATES) == pytest.approx(in_memory.score(messages, CANDIDATES), abs=1e-5)
 
-    meta = json.loads((out / "qlib_config.json").read_text())  # its base gone (a fresh machine): a clear error
-    (out / "qlib_config.json").write_text(json.dumps({**meta, "base_model": str(tmp_path / "gone")}))
+    shutil.move(base, tmp_path / "gone")  # its base gone (a fresh machine without the clone)
     with pytest.raises(FileNotFoundError, match="rebuild it first"):
         load_q_model(out)
+    lazy = LazyQModel(out)  # cached margins still read back: figures rerun without the weights
+    assert preference_accuracy(lazy, pairs, cache=cache) == result and not lazy.loaded
+    with pytest.raises(FileNotFoundError, match="rebuild it first"):
+        lazy.score(messages, CANDIDATES)
+    shutil.move(tmp_path / "gone", base)  # back: the lazy model loads on first use and scores like the eager one
+    assert lazy.score(messages, CANDIDATES) == pytest.approx(loaded.score(messages, CANDIDATES), abs=1e-6)
+    assert lazy.loaded and lazy.kind == "dpo"
+    with pytest.raises(FileNotFoundError, match="not a saved qlib Q model"):
+        LazyQModel(tmp_path)
 
 
 def test_bf16_detection_returns_a_bool():

@@ -5,6 +5,7 @@ Public API (imported lazily, so ``import qlib.qmodel`` stays light):
 * ``train_dpo(pairs_file, out_dir, config, *, model_path=None, tokenizer=None) -> Path``
 * ``train_qnet(rows_file, out_dir, config, *, model_path=None, tokenizer=None) -> Path``
 * ``load_q_model(path) -> QModel`` with ``score(messages, candidates) -> list[float]`` and ``scored_tokens``
+* ``LazyQModel(path)``: the same, read on first use (cached analyses run without the weights)
 * ``DPOQModel(policy, tokenizer, beta, ref=...)`` / ``QNetModel`` for in-memory models
 * ``preference_accuracy(q_model, pairs_file) -> {"accuracy", "n", "mean_margin", "by_level"}``
 """
@@ -20,6 +21,7 @@ _EXPORTS = {
     "QNetModel": "qlib.qmodel.qnet",
     "DPOQModel": "qlib.qmodel.scorer",
     "load_q_model": "qlib.qmodel.api",
+    "LazyQModel": "qlib.qmodel.api",
     "preference_accuracy": "qlib.qmodel.api",
     "QModel": "qlib.qmodel.protocol",
     "encode": "qlib.qmodel.format",

@@ -40,6 +40,39 @@ def load_q_model(path: str | Path, *, dtype: Any = None, device: str | None = No
     return model
 
 
+class LazyQModel:
+    """A saved Q model whose weights are read on first use. ``path`` is known at once, which is all
+    :class:`ScoreCache` needs, so an analysis whose values are all cached (margins, Q of actions, released with
+    the model) runs without loading it, or its base agent: figures rerun from released artifacts on a machine
+    that has not rebuilt the clone. Any other attribute loads the model (:func:`load_q_model`) and is its."""
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        read_meta(path)  # not a saved Q model: fail now, not at the first score
+        self.path, self._options, self._model = str(path), options, None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights have been read."""
+        return self._model is not None
+
+    def model(self) -> QModel:
+        """The loaded Q model (read now if it was not yet)."""
+        if self._model is None:
+            self._model = load_q_model(self.path, **self._options)
+        return self._model
+
+    def __getattr__(self, name: str) -> Any:  # called only for what the wrapper itself lacks
+        if name.startswith("__") or name in ("_model", "_options"):
+            raise AttributeError(name)
+        return getattr(self.model(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # e.g. a worker swapping in its KV cache
+        if name in ("path", "_options", "_model"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.model(), name, value)
+
+
 def base_folder(path: Path, meta: dict[str, Any]) -> str:
     """The folder of the backbone a saved Q model was trained on; a missing one (e.g. a released Q model whose
     cloned agent was not rebuilt on this machine) is a :class:`~qlib.export.CloneNotFoundError` saying so."""
