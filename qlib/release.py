@@ -18,6 +18,9 @@ Layout of ``results/artifacts/run/`` (the same relative paths as ``runs/<profile
     episodes/<tag>_<env>.jsonl          episode rows (schema: qlib.episode_store)
     qmodels/<env>_<name>/               Q-value models whose files fit ``max_model_mb`` (LoRA adapters,
                                         QNet heads), except notebook 03's init-comparison models
+    finetuned/<env>_<row>/              Table 2's fine-tuned agents (RFT, AgentEvol, ETO, Q*Agent-ST: LoRA
+                                        adapters on the cloned agent) that fit ``max_model_mb``; their export
+                                        (``merged/``, ``model.gguf``) is rebuilt from the adapter and the clone
 
 Every JSONL file loads with ``pandas.read_json(path, lines=True)`` and
 ``datasets.load_dataset("json", data_files=path)``. ``compute_s`` is the compute the artifact holds,
@@ -43,9 +46,10 @@ from qlib.workbook.layout import INIT_COMPARISON, RunPaths
 
 MANIFEST = "MANIFEST.json"
 RELEASE_DIR = "run"
-KINDS = ("demos", "trees", "pairs", "episodes", "qmodels")
-MAX_MODEL_MB = 24.0  # a Q model is released when all its files together are at most this size (a LoRA
+KINDS = ("demos", "trees", "pairs", "episodes", "qmodels", "finetuned")
+# a model (Q model, fine-tuned agent) is released when all its files together are at most this size (a LoRA
 # Q model of SmolLM2-135M, r=16 on every linear layer: adapter 18.7 MiB + tokenizer 3.4 MiB; a QNet head ≈ 6 MiB)
+MAX_MODEL_MB = 24.0
 UNRELEASED_MODELS = (f"*_{INIT_COMPARISON}*",)  # notebook 03's init comparison (retrained in ≈ 12 min per env when missing)
 
 
@@ -69,10 +73,12 @@ def jsonl_compute(rows: Iterable[dict[str, Any]]) -> tuple[int, float]:
 
 
 def model_files(folder: Path) -> list[Path]:
-    """The files of a trained model (its pair margins included), without trainer checkpoints and without the
-    partial files of an unfinished run (``*.partial.pt``, ``*.tmp``)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "trainer" not in p.relative_to(folder).parts
-                  and not p.name.endswith((".partial.pt", ".tmp")))
+    """The files of a trained model (its pair margins included), without trainer checkpoints, without the
+    partial files of an unfinished run (``*.partial.pt``, ``*.tmp``) and without what an export rebuilds
+    (``merged/`` weights, ``*.gguf``)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not {"trainer", "merged"} & set(p.relative_to(folder).parts)
+                  and not p.name.endswith((".partial.pt", ".tmp", ".gguf")))
 
 
 # ----------------------------------------------------------------------------- release
@@ -116,16 +122,17 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
             rows, compute = jsonl_compute(read_jsonl(source, tolerant=True))  # pairs store no compute: 0
             record(rel, compute, rows)
     skipped_models = []
-    for folder in sorted(p for p in (runs / "qmodels").glob("*") if p.is_dir()):
+    models = [p for kind in ("qmodels", "finetuned") for p in sorted((runs / kind).glob("*")) if p.is_dir()]
+    for folder in models:
         parts = model_files(folder)
         too_big = sum(p.stat().st_size for p in parts) > max_model_mb * 2**20
         unfinished = not (folder / "qlib_config.json").is_file()  # written last, when training ends
         if not parts or unfinished or too_big or any(folder.match(pattern) for pattern in UNRELEASED_MODELS):
-            skipped_models.append(folder.name)
+            skipped_models.append(f"{folder.parent.name}/{folder.name}")
             continue
         meta = _read_json(folder / "qlib_config.json")
         for i, part in enumerate(parts):
-            rel = f"qmodels/{folder.name}/{part.relative_to(folder).as_posix()}"
+            rel = f"{folder.parent.name}/{folder.name}/{part.relative_to(folder).as_posix()}"
             shutil.copy2(part, _mkparent(dest / rel))
             record(rel, float(meta.get("train_seconds") or 0.0) if i == 0 else 0.0)
     by_kind = {k: round(sum(f["compute_s"] for f in files.values() if f["kind"] == k), 1) for k in KINDS}
@@ -133,7 +140,7 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
         "profile": paths.profile, "commit": commit, "seed": seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "compute_s": {**by_kind, "total": round(sum(by_kind.values()), 1)},
-        "qmodels_not_released": skipped_models, "files": files,
+        "models_not_released": skipped_models, "files": files,
     }
     atomic_write_text(dest / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
@@ -236,7 +243,7 @@ def add_arguments(parser: Any) -> None:
                         help="copy the committed release into runs/<profile>/ (verified; nothing to do without one)")
     action.add_argument("--verify", action="store_true", help="only check the release's sha256s, profile and seed")
     parser.add_argument("--max-model-mb", type=float, default=MAX_MODEL_MB,
-                        help="release a Q model only when its files are at most this many MiB")
+                        help="release a Q model or fine-tuned agent only when its files are at most this many MiB")
 
 
 def run(args: Any) -> int:

@@ -44,6 +44,11 @@ def run_dir(tmp_path_factory) -> RunPaths:
         (folder / "qlib_config.json").write_text(json.dumps({"train_seconds": 42.0}))
     write_jsonl([{"pair": "k", "model": "m", "margin": 0.5}], small / "margins" / "toy_valid_step.jsonl")
     (small / "features.partial.pt").write_bytes(b"f")  # an unfinished run's partial file: never released
+    agent = paths.runs / "finetuned" / "toy_rft"  # a fine-tuned agent: its adapter, not what an export rebuilds
+    for part, data in (("adapter/adapter_model.safetensors", b"a"), ("merged/model.safetensors", b"m" * 10),
+                       ("model.gguf", b"g"), ("qlib_config.json", json.dumps({"train_seconds": 8.0}).encode())):
+        (agent / part).parent.mkdir(parents=True, exist_ok=True)
+        (agent / part).write_bytes(data)
     unfinished = paths.qmodel("toy", "qnet")  # no qlib_config.json yet: still training
     unfinished.mkdir(parents=True)
     (unfinished / "features.partial.pt").write_bytes(b"f")
@@ -56,16 +61,18 @@ def test_release_writes_a_manifest_with_hashes_rows_and_compute(run_dir):
     assert manifest["profile"] == "cpu" and manifest["commit"] == "abc1234" and manifest["seed"] == 5
     assert set(files) == {"trees/toy_train.jsonl", "pairs/toy_train_step.jsonl", "episodes/table2_toy.jsonl",
                           "demos/toy_train.jsonl", "qmodels/toy_step/adapter.safetensors",
-                          "qmodels/toy_step/qlib_config.json", "qmodels/toy_step/margins/toy_valid_step.jsonl"}
+                          "qmodels/toy_step/qlib_config.json", "qmodels/toy_step/margins/toy_valid_step.jsonl",
+                          "finetuned/toy_rft/adapter/adapter_model.safetensors", "finetuned/toy_rft/qlib_config.json"}
     # 3 MiB > 1 MiB; the init comparison's models are not released; checkpoints and unfinished models never are
-    assert manifest["qmodels_not_released"] == ["toy_full", "toy_qnet", "toy_step_init_base_4pairs"]
+    assert manifest["models_not_released"] == ["qmodels/toy_full", "qmodels/toy_qnet", "qmodels/toy_step_init_base_4pairs"]
     trees = [json.loads(p.read_text()) for p in sorted(run_dir.trees("toy").glob("*.json"))]
     assert files["trees/toy_train.jsonl"]["rows"] == 3
     assert files["trees/toy_train.jsonl"]["compute_s"] == pytest.approx(sum(t["stats"]["seconds"] for t in trees), abs=1e-2)
     assert files["episodes/table2_toy.jsonl"] == {**files["episodes/table2_toy.jsonl"], "rows": 4, "compute_s": 10.0}
-    assert manifest["compute_s"]["qmodels"] == 42.0
+    assert manifest["compute_s"]["qmodels"] == 42.0 and manifest["compute_s"]["finetuned"] == 8.0
     assert manifest["compute_s"]["total"] == pytest.approx(sum(manifest["compute_s"][k] for k in
-                                                               ("demos", "trees", "pairs", "episodes", "qmodels")))
+                                                               ("demos", "trees", "pairs", "episodes", "qmodels",
+                                                                "finetuned")))
     on_disk = json.loads((release_dir(run_dir) / MANIFEST).read_text())
     assert on_disk == manifest and verify(release_dir(run_dir), profile="cpu", seed=5) == manifest
 
@@ -88,15 +95,17 @@ def test_restore_into_an_empty_runs_folder_gives_the_same_files(run_dir, tmp_pat
     release(run_dir, commit="abc1234", seed=5, max_model_mb=1)
     fresh = RunPaths("cpu", tmp_path / "runs", run_dir.results, run_dir.figures)
     done = restore(fresh, seed=5)
-    assert done["restored"] == 3 + 6 and done["present"] == 0  # 3 trees, pairs, episodes, demos, 3 model files (margins too)
+    assert done["restored"] == 3 + 8 and done["present"] == 0  # 3 trees, pairs, episodes, demos, 3 Q model files
+    # (margins too), 2 of the fine-tuned agent
     for tree in sorted(run_dir.trees("toy").glob("*.json")):
         assert json.loads((fresh.trees("toy") / tree.name).read_text()) == json.loads(tree.read_text())
     assert fresh.episodes("table2", "toy").read_bytes() == run_dir.episodes("table2", "toy").read_bytes()
     assert (fresh.qmodel("toy", "step") / "adapter.safetensors").is_file()
-    assert restore(fresh, seed=5) == {**done, "restored": 0, "present": 9}  # idempotent
+    assert (fresh.runs / "finetuned" / "toy_rft" / "adapter" / "adapter_model.safetensors").read_bytes() == b"a"
+    assert restore(fresh, seed=5) == {**done, "restored": 0, "present": 11}  # idempotent
     with open(fresh.episodes("table2", "toy"), "a") as handle:  # the run went on: rows appended since
         handle.write('{"env": "toy", "task_id": 9, "reward": 1.0, "wall_s": 1.0}\n')
-    assert restore(fresh, seed=5)["present"] == 9
+    assert restore(fresh, seed=5)["present"] == 11
 
 
 def test_restore_refuses_corrupt_files_other_seeds_and_other_runs(run_dir, tmp_path):
@@ -134,7 +143,7 @@ def test_cli_release_and_restore(run_dir, tmp_path, monkeypatch, capsys):
     add_common(parser)
     qrelease.add_arguments(parser)
     assert qrelease.run(parser.parse_args(["--profile", "cpu", "--set", "seed=5", "--max-model-mb", "1"])) == 0
-    assert "released 7 files" in capsys.readouterr().out
+    assert "released 9 files" in capsys.readouterr().out
     assert qrelease.run(parser.parse_args(["--profile", "cpu", "--set", "seed=5", "--verify"])) == 0
     assert qrelease.run(parser.parse_args(["--profile", "cpu", "--set", "seed=7", "--restore"])) == 2
     assert "seed 5" in capsys.readouterr().err
@@ -148,5 +157,6 @@ def test_results_readme_lists_released_artifacts_with_their_compute(run_dir):
     assert "commit abc1234, profile cpu, seed 5" in text
     assert "| episodes/table2_toy.jsonl | 4 | 0.00 | 10 s (0.00 h) |" in text
     assert "| qmodels/toy_step/ |  | 0.00 | 42 s (0.01 h) |" in text
-    assert "| **total of run/** (7 files) |" in text
+    assert "| finetuned/toy_rft/ |  | 0.00 | 8 s (0.00 h) |" in text
+    assert "| **total of run/** (9 files) |" in text
     assert released_artifacts(paths_at(run_dir.runs.parent / "empty")) == []

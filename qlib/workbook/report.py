@@ -174,8 +174,8 @@ def released_artifacts(paths: Any) -> list[str]:
              "training seconds), summed over all executions.", "",
              "| artifact | rows | MiB | compute |", "|---|---|---|---|"]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for rel, entry in sorted(release["files"].items()):  # a Q model's files count as one artifact
-        name = "/".join(rel.split("/")[:2]) + "/" if rel.startswith("qmodels/") else rel
+    for rel, entry in sorted(release["files"].items()):  # a model's files (Q model, fine-tuned agent) count as one
+        name = "/".join(rel.split("/")[:2]) + "/" if rel.startswith(("qmodels/", "finetuned/")) else rel
         groups.setdefault(name, []).append(entry)
     for name, entries in groups.items():
         rows = sum(e["rows"] or 0 for e in entries)
