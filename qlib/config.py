@@ -398,6 +398,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # 152 successes; all 1,812 would take ≈ 10 h of fine-tuning at 2 epochs on 2 cores). HotPotQA's finished
         # trajectories with reward > 0 are its exact-match successes, ≈ 1 per successful tree: the cap changes nothing
         "finetune.agentevol_per_task": 2,
+        # one pass over the fine-tuning data, like the Q models (dpo.epochs) and the clone: equal training per row,
+        # and on 2 cores one HotPotQA RFT epoch (243 successful trajectories, ≈ 500 tokens each) is ≈ 20 min
+        "finetune.epochs": 1,
         "eval.ablation_tasks": 50,
         "eval.bootstrap_resamples": 5000,
     },
