@@ -75,10 +75,10 @@ def jsonl_compute(rows: Iterable[dict[str, Any]]) -> tuple[int, float]:
 def model_files(folder: Path) -> list[Path]:
     """The files of a trained model (its pair margins included), without trainer checkpoints, without the
     partial files of an unfinished run (``*.partial.pt``, ``*.tmp``) and without what an export rebuilds
-    (``merged/`` weights, ``*.gguf``)."""
+    (``merged/`` weights, ``*.gguf`` and its stamp)."""
     return sorted(p for p in folder.rglob("*") if p.is_file()
                   and not {"trainer", "merged"} & set(p.relative_to(folder).parts)
-                  and not p.name.endswith((".partial.pt", ".tmp", ".gguf")))
+                  and not p.name.endswith((".partial.pt", ".tmp", ".gguf", ".gguf.json")))
 
 
 # ----------------------------------------------------------------------------- release

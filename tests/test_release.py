@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory) -> RunPaths:
     (small / "features.partial.pt").write_bytes(b"f")  # an unfinished run's partial file: never released
     agent = paths.runs / "finetuned" / "toy_rft"  # a fine-tuned agent: its adapter, not what an export rebuilds
     for part, data in (("adapter/adapter_model.safetensors", b"a"), ("merged/model.safetensors", b"m" * 10),
-                       ("model.gguf", b"g"), ("qlib_config.json", json.dumps({"train_seconds": 8.0}).encode())):
+                       ("model.gguf", b"g"), ("model.gguf.json", b"{}"), ("qlib_config.json", json.dumps({"train_seconds": 8.0}).encode())):
         (agent / part).parent.mkdir(parents=True, exist_ok=True)
         (agent / part).write_bytes(data)
     unfinished = paths.qmodel("toy", "qnet")  # no qlib_config.json yet: still training
