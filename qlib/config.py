@@ -357,8 +357,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "hotpotqa.train_start": 300,  # the 300 cloning demonstrations use the first 300 train tasks
         # every train task past the demonstrations: the first 68 HotPotQA trees gave 0.43 step pairs each (21 of 68
         # reach reward 1), so ≥ 300 pairs need ≈ 700 trees; valid trees on all 100 valid tasks for ≥ 50 held-out
-        # pairs (77; ≈ 20 s per tree with 2 workers). The second agent's trees cost ≈ 45 s each (it stops early
-        # less often) and gave 33 step pairs in the first 60 (0.55 per tree): ≥ 50 OOD pairs need all 100
+        # pairs (77; ≈ 20 s per tree with 2 workers). The second agent's trees cost ≈ 20–45 s each (it stops early
+        # less often) and gave 51 OOD step pairs on all 100 (0.55 per tree in its first 60)
         "hotpotqa.train_tasks": 700,
         "hotpotqa.valid_tasks": 100,
         "hotpotqa.ood_tasks": 100,
