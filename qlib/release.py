@@ -46,7 +46,8 @@ from qlib.workbook.layout import INIT_COMPARISON, RunPaths
 
 MANIFEST = "MANIFEST.json"
 RELEASE_DIR = "run"
-KINDS = ("demos", "trees", "pairs", "episodes", "qmodels", "finetuned")
+MODEL_KINDS = ("qmodels", "finetuned")  # folders of trained models: one folder per model, released as a whole
+KINDS = ("demos", "trees", "pairs", "episodes", *MODEL_KINDS)
 # a model (Q model, fine-tuned agent) is released when all its files together are at most this size (a LoRA
 # Q model of SmolLM2-135M, r=16 on every linear layer: adapter 18.7 MiB + tokenizer 3.4 MiB; a QNet head ≈ 6 MiB)
 MAX_MODEL_MB = 24.0
@@ -122,7 +123,7 @@ def release(paths: RunPaths, *, commit: str, seed: int, max_model_mb: float = MA
             rows, compute = jsonl_compute(read_jsonl(source, tolerant=True))  # pairs store no compute: 0
             record(rel, compute, rows)
     skipped_models = []
-    models = [p for kind in ("qmodels", "finetuned") for p in sorted((runs / kind).glob("*")) if p.is_dir()]
+    models = [p for kind in MODEL_KINDS for p in sorted((runs / kind).glob("*")) if p.is_dir()]
     for folder in models:
         parts = model_files(folder)
         too_big = sum(p.stat().st_size for p in parts) > max_model_mb * 2**20

@@ -46,7 +46,8 @@ def run_dir(tmp_path_factory) -> RunPaths:
     (small / "features.partial.pt").write_bytes(b"f")  # an unfinished run's partial file: never released
     agent = paths.runs / "finetuned" / "toy_rft"  # a fine-tuned agent: its adapter, not what an export rebuilds
     for part, data in (("adapter/adapter_model.safetensors", b"a"), ("merged/model.safetensors", b"m" * 10),
-                       ("model.gguf", b"g"), ("model.gguf.json", b"{}"), ("qlib_config.json", json.dumps({"train_seconds": 8.0}).encode())):
+                       ("model.gguf", b"g"), ("model.gguf.json", b"{}"),
+                       ("qlib_config.json", json.dumps({"train_seconds": 8.0}).encode())):
         (agent / part).parent.mkdir(parents=True, exist_ok=True)
         (agent / part).write_bytes(data)
     unfinished = paths.qmodel("toy", "qnet")  # no qlib_config.json yet: still training
@@ -64,7 +65,8 @@ def test_release_writes_a_manifest_with_hashes_rows_and_compute(run_dir):
                           "qmodels/toy_step/qlib_config.json", "qmodels/toy_step/margins/toy_valid_step.jsonl",
                           "finetuned/toy_rft/adapter/adapter_model.safetensors", "finetuned/toy_rft/qlib_config.json"}
     # 3 MiB > 1 MiB; the init comparison's models are not released; checkpoints and unfinished models never are
-    assert manifest["models_not_released"] == ["qmodels/toy_full", "qmodels/toy_qnet", "qmodels/toy_step_init_base_4pairs"]
+    assert manifest["models_not_released"] == ["qmodels/toy_full", "qmodels/toy_qnet",
+                                               "qmodels/toy_step_init_base_4pairs"]
     trees = [json.loads(p.read_text()) for p in sorted(run_dir.trees("toy").glob("*.json"))]
     assert files["trees/toy_train.jsonl"]["rows"] == 3
     assert files["trees/toy_train.jsonl"]["compute_s"] == pytest.approx(sum(t["stats"]["seconds"] for t in trees), abs=1e-2)

@@ -161,7 +161,7 @@ def write_results_readme(profile: str) -> Path:
 def released_artifacts(paths: Any) -> list[str]:
     """README lines on ``results/artifacts/run`` (see :mod:`qlib.release`): files, rows, size and the compute
     each kind of artifact holds, summed over every execution that produced it."""
-    from qlib.release import MANIFEST, release_dir
+    from qlib.release import MANIFEST, MODEL_KINDS, release_dir
 
     release = read_json(release_dir(paths) / MANIFEST)
     if not release:
@@ -175,7 +175,7 @@ def released_artifacts(paths: Any) -> list[str]:
              "| artifact | rows | MiB | compute |", "|---|---|---|---|"]
     groups: dict[str, list[dict[str, Any]]] = {}
     for rel, entry in sorted(release["files"].items()):  # a model's files (Q model, fine-tuned agent) count as one
-        name = "/".join(rel.split("/")[:2]) + "/" if rel.startswith(("qmodels/", "finetuned/")) else rel
+        name = "/".join(rel.split("/")[:2]) + "/" if rel.split("/")[0] in MODEL_KINDS else rel
         groups.setdefault(name, []).append(entry)
     for name, entries in groups.items():
         rows = sum(e["rows"] or 0 for e in entries)
