@@ -68,9 +68,14 @@ Tree = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------- helpers
+# Q̂ values are running means, so two actions of equal value can differ by rounding alone (13/28 summed in
+# two orders: 0.4642857142857143 vs 0.46428571428571425); a gap this small is a tie, never a preference.
+TIE = 1e-9
+
+
 def _keep(q_chosen: float, q_rejected: float, margin: float) -> bool:
     gap = q_chosen - q_rejected
-    return gap > 0 and gap >= margin
+    return gap > TIE and gap >= margin
 
 
 def _assistant(text: str) -> list[Message]:

@@ -99,6 +99,20 @@ def test_no_pair_when_rejected_is_not_worse(tmp_path):
     assert pairs.build_pairs(tmp_path, "step", load_config()) == []
 
 
+def test_a_gap_of_rounding_noise_is_a_tie_not_a_pair(tmp_path):
+    tree = hand_tree()
+    # 13/28 as two running means reach it: equal values whose floats differ in the last bit
+    tree["nodes"][1]["q"], tree["nodes"][2]["q"] = 0.4642857142857143, 0.46428571428571425
+    tree["nodes"][3]["q"] = 0.3
+    write_tree(tree, tmp_path)
+    assert tree["nodes"][1]["q"] > tree["nodes"][2]["q"]
+    # depth 0: 1 vs its lowest sibling 3 (2 ties with it and is not lower); no pair of 1 against 2
+    assert summary(pairs.build_pairs(tmp_path, "step", load_config()))[0] == (0, 1, 3, 0.4642857142857143, 0.3)
+    tree["nodes"][3]["q"] = 0.6
+    write_tree(tree, tmp_path)
+    assert [r["depth"] for r in pairs.build_pairs(tmp_path, "step", load_config())] == [1]
+
+
 def test_trajectory_pairs(tree_dir):
     rows = pairs.build_pairs(tree_dir, "trajectory", load_config())
     assert summary(rows) == [(0, 4, 6, 1.0, -0.5)]  # best 4 (path 0-1-4) vs worst 6 (truncated, path 0-2-6)
