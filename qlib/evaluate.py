@@ -180,10 +180,11 @@ def peeks(method: str, config: Config) -> bool:
 def row_meta(env_name: str, split: str, method: str, n: int, config: Config, max_steps: int,
              qmodel: str | None) -> dict[str, Any]:
     """The fields every row of this run starts with (its resume key and configuration fingerprint)."""
-    from qlib.export import agent_identity
+    from qlib.export import agent_identity, model_label
 
     return {"env": env_name, "split": split, "method": method, "n": n, "seed": config.seed,
-            "policy": config.policy.model, "agent": agent_identity(config.policy, env_name), "prompt": config.policy.prompt, "icl": config.policy.icl,
+            "policy": model_label(config.policy.model), "agent": agent_identity(config.policy, env_name),
+            "prompt": config.policy.prompt, "icl": config.policy.icl,
             "temperature": 0.0 if method == "greedy" else config.policy.temperature, "max_steps": max_steps,
             "qmodel": qmodel}
 

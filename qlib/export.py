@@ -147,14 +147,36 @@ def clone_dir_for(policy: Any, env_name: str | None) -> Path:
     return path
 
 
+def finetuned_dir(model: str) -> Path | None:
+    """The fine-tuned agent folder (:mod:`qlib.finetune`: its ``qlib_config.json`` names a ``finetune`` row) whose
+    exported GGUF the model path ``model`` is, else None."""
+    path = Path(model).expanduser()
+    meta = _read_json(path.parent / CONFIG_FILE) if path.suffix == ".gguf" else None
+    return path.parent if isinstance(meta, dict) and "finetune" in meta else None
+
+
+def model_label(model: str) -> str:
+    """``policy.model`` as episode rows record it: a fine-tuned agent's GGUF as ``finetuned/<folder>/<file>``,
+    so rows resume in any checkout (an absolute path would tie them to one machine); any other name as given."""
+    folder = finetuned_dir(model)
+    return f"finetuned/{folder.name}/{Path(model).name}" if folder else model
+
+
 def agent_identity(policy: Any, env_name: str | None) -> str | None:
     """Which behaviour-cloned agent ``policy.model = CLONE_NAME`` is: ``lora-r16-<hash>`` or ``full-<hash>``,
     the hash over its base model, number of demonstrations and training settings (learning-curve points
-    aside), and ``-after<k>`` for a learning-curve checkpoint; None for any other model. Episode rows carry
+    aside), and ``-after<k>`` for a learning-curve checkpoint. For a fine-tuned agent's GGUF, ``<row>-<hash>``
+    over its row, data size, seed and fine-tuning settings. None for any other model. Episode rows carry
     it, so rows of one clone never resume as another's (the name ``smollm2-135m-bc`` alone does not say
     which training made it). A clone retrained with the same settings on another machine has the same identity."""
     from qlib.provision import CLONE_NAME
 
+    folder = finetuned_dir(policy.model)
+    if folder is not None:
+        meta = _read_json(folder / CONFIG_FILE)
+        key = json.dumps({k: meta.get(k) for k in ("finetune", "data_rows", "data_tokens", "seed", "finetune_config")},
+                         sort_keys=True)
+        return f"{meta['finetune']}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     if policy.model != CLONE_NAME or env_name is None:
         return None
     meta = read_clone_config(clone_dir_for(policy, env_name))

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/llama_cpp load libgomp (see llamacpp_backend)
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,28 @@ def test_the_adapter_runs_in_every_backend_with_the_merged_weights_greedy_action
     turns = {name: p.propose(messages, 1, temperature=0.0, action_space=env.valid_actions(), seed=0)[0]
              for name, p in policies.items()}
     assert {t.action for t in turns.values()} == {"go[a]"}, {k: t.raw for k, t in turns.items()}
+
+
+def test_episode_rows_name_a_finetuned_agent_by_its_folder_not_its_path(rft, tmp_path):
+    """Released episode rows resume in any checkout: the GGUF is recorded as finetuned/<folder>/<file>, and the
+    agent's identity (its row, data and settings) tells two trainings apart."""
+    from qlib.evaluate import row_meta
+
+    out, _ = rft
+    moved = tmp_path / "elsewhere" / out.name
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("merged", "*.gguf*"))
+
+    def meta(folder):
+        return row_meta("toy", "test", "greedy", 1, load_config("smoke", {"policy.model": str(folder / "model.gguf")}),
+                        5, None)
+
+    here, there = meta(out), meta(moved)
+    assert here["policy"] == there["policy"] == f"finetuned/{out.name}/model.gguf"
+    assert here["agent"] == there["agent"] and here["agent"].startswith("rft-")
+    config = json.loads((moved / "qlib_config.json").read_text())
+    (moved / "qlib_config.json").write_text(json.dumps({**config, "data_rows": config["data_rows"] + 1}))
+    assert meta(moved)["agent"] != here["agent"]
+    assert meta(tmp_path)["policy"] == str(tmp_path / "model.gguf")  # any other GGUF keeps its path
 
 
 # ----------------------------------------------------------------------------- Q-guided self-training
