@@ -908,15 +908,17 @@ def finetune_agents(config: Config, paths: RunPaths, *, rows: Sequence[str] | No
 
     lines = []
     for env_name in envs or env_names():
-        agent = q_model_init(with_overrides(config, {"dpo.init": "agent"}), env_name)
         for row in rows or ft.ROWS:
             out = paths.runs / "finetuned" / f"{env_name}_{row}"
-            data, spent = ([], {}) if (out / "qlib_config.json").is_file() else finetune_data(config, paths, env_name, row)
-            if not data and not (out / "qlib_config.json").is_file():
+            trained = (out / "qlib_config.json").is_file()
+            data, spent = ([], {}) if trained else finetune_data(config, paths, env_name, row)
+            if not data and not trained:
                 why = "no Q model to guide the exploration" if row == "qstar_st" and not spent else "no training data"
                 log.warning("%s %s: %s (no successful trajectory / failed pair in the train trees?)", env_name, row, why)
                 lines.append({"env": env_name, "row": row, "trained": False, "note": why, **spent})
                 continue
+            # the agent's weights only for a row still to train: a released row needs no clone
+            agent = None if trained else q_model_init(with_overrides(config, {"dpo.init": "agent"}), env_name)
             ft.finetune(row, data, out, config, agent=agent, max_steps=max_steps)
             lines.append({"env": env_name, "row": row, "trained": True, "note": "", **ft.cost(out), **spent,
                           "path": str(out)})
@@ -929,7 +931,7 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
     episodes on the same test tasks, seeds and step limit, labelled by row (``<row>`` for greedy, else
     ``<row>_<method>``). Returns (summary with the paper's number, paired ``q − row``)."""
     from qlib import finetune as ft
-    from qlib.export import export_gguf
+    from qlib.export import GGUF_FILE
 
     episodes, labels = [], []
     for env_name in env_names():
@@ -938,7 +940,8 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
             out = paths.runs / "finetuned" / f"{env_name}_{row}"
             if not (out / "qlib_config.json").is_file():
                 continue
-            model = {**EPISODE_SETS["finetuned"].overrides, "policy.model": str(export_gguf(out))}
+            # exported when an episode needs it (qlib.export.gguf_for): released episodes rerun without the clone
+            model = {**EPISODE_SETS["finetuned"].overrides, "policy.model": str(out / GGUF_FILE)}
             for got in run_episodes(config, paths, env_name, "finetuned", methods, overrides=model, row=row):
                 label = row if got["method"] == "greedy" else f"{row}_{got['method']}"
                 episodes.append(dict(got, method=label))

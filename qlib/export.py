@@ -190,7 +190,8 @@ def agent_identity(policy: Any, env_name: str | None) -> str | None:
 
 def gguf_for(policy: Any, env_name: str | None = None) -> Path:
     """The GGUF that ``policy.model`` names: the embedded base, the environment's clone (exported on
-    demand), or a path to a ``.gguf`` file."""
+    demand), a fine-tuned agent's ``<folder>/model.gguf`` (exported on demand, like the clone), or a path to a
+    ``.gguf`` file."""
     from qlib.provision import CLONE_NAME, EMBEDDED_NAME, gguf_path
 
     name = policy.model
@@ -199,6 +200,9 @@ def gguf_for(policy: Any, env_name: str | None = None) -> Path:
     if name == CLONE_NAME:
         return export_gguf(clone_dir_for(policy, env_name))
     path = Path(name).expanduser()
+    folder = finetuned_dir(name)
+    if folder is not None and path.name == GGUF_FILE:
+        return export_gguf(folder)
     if not path.is_file():
         raise FileNotFoundError(f"policy.model {name!r} is neither {EMBEDDED_NAME!r}, {CLONE_NAME!r} nor a GGUF file")
     return path

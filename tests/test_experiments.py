@@ -280,6 +280,21 @@ def test_fine_tuning_rows_without_data_degrade_with_a_note(tmp_path):
     assert list(costs.row.unique()) == ["MCTS trees (shared data)"]
 
 
+def test_a_trained_fine_tuning_row_is_reused_without_the_agent_it_was_trained_on(tmp_path):
+    """A released row (its qlib_config.json is there) needs neither the clone nor its data on a fresh machine."""
+    from qlib.config import load_config
+    from qlib.workbook.layout import RunPaths
+
+    config = load_config("cpu", {"policy.clones": str(tmp_path / "no_clones")})
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    out = paths.runs / "finetuned" / "webshop_rft"
+    out.mkdir(parents=True)
+    (out / "qlib_config.json").write_text(json.dumps({"finetune": "rft", "data_rows": 3, "data_tokens": 10,
+                                                      "train_tokens": 10, "train_seconds": 1.5, "steps": 1}))
+    lines = ex.finetune_agents(config, paths, rows=["rft"], envs=["webshop"])
+    assert lines[["row", "trained", "data_rows", "train_seconds"]].values.tolist() == [["rft", True, 3, 1.5]]
+
+
 def test_ood_trees_are_played_by_the_profiles_second_agent_unless_one_is_given(monkeypatch, tmp_path):
     from qlib.config import load_config
     from qlib.workbook.layout import RunPaths

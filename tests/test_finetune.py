@@ -204,6 +204,17 @@ def test_episode_rows_name_a_finetuned_agent_by_its_folder_not_its_path(rft, tmp
     assert meta(tmp_path)["policy"] == str(tmp_path / "model.gguf")  # any other GGUF keeps its path
 
 
+def test_a_finetuned_agents_gguf_is_exported_when_a_policy_first_loads_it(rft):
+    from qlib.export import gguf_for
+
+    out, _ = rft
+    (out / "model.gguf").unlink(missing_ok=True)
+    policy = load_config("smoke", {"policy.model": str(out / "model.gguf")}).policy
+    assert gguf_for(policy) == out / "model.gguf" and (out / "model.gguf").stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="neither"):
+        gguf_for(load_config("smoke", {"policy.model": str(out / "other.gguf")}).policy)
+
+
 # ----------------------------------------------------------------------------- Q-guided self-training
 def test_self_training_explores_and_learns_from_train_tasks_only(tmp_path):
     config = load_config("smoke", {"finetune.st_episodes": 2, "eval.n_candidates": 4})
