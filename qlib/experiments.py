@@ -812,22 +812,31 @@ def q_distribution(qvalues: pd.DataFrame) -> pd.DataFrame:
 
 
 def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, *,
-                             max_actions: int = 200) -> pd.DataFrame:
+                             max_actions: int = 200, cache: Path | None = None) -> pd.DataFrame:
     """Learned Q against the MCTS Bellman value ``q_raw`` for the actions of (held-out) tree nodes.
 
-    Siblings share their prompt, so they are scored in one call (one shared-prefix pass).
+    Siblings share their prompt, so they are scored in one call (one shared-prefix pass); with a ``cache``
+    file (:class:`qlib.qmodel.api.ScoreCache`) actions already scored are read back.
     """
+    from qlib.qmodel.api import ScoreCache, content_key
+
     if not Path(qnet_rows_file).exists():
         return pd.DataFrame(columns=["env", "task_id", "depth", "q", "q_mcts"])
     rows = [json.loads(line) for line in open(qnet_rows_file)][:max_actions]
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(json.dumps(row["prompt"]), []).append(row)
+    store = ScoreCache(cache, q_model)
     records = []
     for siblings in groups.values():
-        scores = q_model.score(siblings[0]["prompt"], [r["completion"][0]["content"] for r in siblings])
-        records += [{"env": env_name, "task_id": r["task_id"], "depth": r["depth"], "q": float(q),
-                     "q_mcts": r["q_raw"]} for r, q in zip(siblings, scores)]
+        prompt, texts = siblings[0]["prompt"], [r["completion"][0]["content"] for r in siblings]
+        keys = [content_key([prompt, text]) for text in texts]
+        missing = [i for i, key in enumerate(keys) if key not in store]
+        if missing:
+            for i, q in zip(missing, q_model.score(prompt, [texts[i] for i in missing])):
+                store.put(keys[i], float(q))
+        records += [{"env": env_name, "task_id": r["task_id"], "depth": r["depth"], "q": float(store[key]),
+                     "q_mcts": r["q_raw"]} for r, key in zip(siblings, keys)]
     return pd.DataFrame(records)
 
 
@@ -838,7 +847,8 @@ def tree_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFrame:
         q_model = load_q(paths, env, "step")
         if q_model is not None:
             rows_file = paths.pairs(env, "qnet", split="valid")
-            frames.append(q_values_of_tree_actions(q_model, rows_file, env, max_actions=max_actions))
+            frames.append(q_values_of_tree_actions(q_model, rows_file, env, max_actions=max_actions,
+                                                   cache=score_cache(q_model, "qvalues", rows_file.stem)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "q", "q_mcts"])
 
 

@@ -66,6 +66,27 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
     assert ex.q_values_of_tree_actions(scorer, file, "webshop", max_actions=1).shape[0] == 1
 
 
+def test_tree_action_q_is_cached_beside_the_model_and_scores_only_what_is_missing(tmp_path):
+    """Fig. 4c reruns without the model: each action's Q is read back from the cache; new actions of a prompt
+    whose other actions are cached are scored alone."""
+    folder = tmp_path / "webshop_step"
+    folder.mkdir()
+    (folder / "qlib_config.json").write_text("{}")
+    prompt = [{"role": "user", "content": "task A"}]
+    rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": t}], "q_raw": 0.5, "task_id": 1,
+             "depth": 0} for t in ("a", "bbb", "cc")]
+    file = tmp_path / "qnet.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = folder / "qvalues" / "webshop_valid_qnet.jsonl"
+    first = LengthScorer()
+    first.path = str(folder)
+    assert ex.q_values_of_tree_actions(first, file, "webshop", max_actions=2, cache=cache).q.tolist() == [1.0, 3.0]
+    again = LengthScorer()
+    again.path = str(folder)
+    assert ex.q_values_of_tree_actions(again, file, "webshop", cache=cache).q.tolist() == [1.0, 3.0, 2.0]
+    assert first.calls == [2] and again.calls == [1]  # only "cc" was new
+
+
 # today's episode file tags: existing runs/<profile>/episodes/<tag>_<env>.jsonl must resume
 TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "base_agent_transfer": "transfer_base", "trajectory_q": "table3_trajectory",
                "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
