@@ -66,6 +66,7 @@ def summarise(
     extras = [m for m in EXTRA_METRICS if m in tasks]
     lines = []
     for (env, split, method, n), group in tasks.groupby(["env", "split", "method", "n"], sort=False):
+        group = group.sort_values("task_id", kind="stable")  # the CI of a set of tasks, whatever order they finished in
         line: dict[str, Any] = {"env": env, "split": split, "method": method, "n": int(n), "tasks": len(group)}
         for col in ("reward", "success", *extras):
             line[col], line[f"{col}_lo"], line[f"{col}_hi"] = mean_ci(
@@ -131,7 +132,7 @@ def paired_line(group: pd.DataFrame, base: str, other: str, resamples: int, seed
                 confidence: float) -> dict[str, Any]:
     a = group[group["label"] == base].set_index("task_id")
     b = group[group["label"] == other].set_index("task_id")
-    common = a.index.intersection(b.index)
+    common = a.index.intersection(b.index).sort_values()  # task order: the CI does not depend on the file's order
     line: dict[str, Any] = {"tasks": len(common)}
     for col in ("reward", "success", *[m for m in EXTRA_METRICS if m in group]):
         diff = a.loc[common, col].to_numpy() - b.loc[common, col].to_numpy()

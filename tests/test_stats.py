@@ -51,6 +51,17 @@ def test_known_case_point_estimates():
     assert diff.loc[0, "success_diff_lo"] <= 0.5 <= diff.loc[0, "success_diff_hi"]
 
 
+def test_cis_do_not_depend_on_the_order_the_episodes_finished_in():
+    """Parallel workers append rows out of task order; the same tasks must give the same CIs."""
+    rewards = [0.1, 0.9, 0.4, 1.0, 0.0, 0.7, 0.2, 1.0, 0.0, 0.6, 0.3, 0.8]
+    rows = rows_of("q", rewards) + rows_of("greedy", rewards[::-1])
+    shuffled = rows[::-1]
+    assert summarise(shuffled, resamples=500).sort_values("method").reset_index(drop=True).equals(
+        summarise(rows, resamples=500).sort_values("method").reset_index(drop=True))
+    assert paired_differences(shuffled, baseline="q", resamples=500).equals(
+        paired_differences(rows, baseline="q", resamples=500))
+
+
 def test_identical_methods_differ_by_zero():
     rewards = [0.1, 0.9, 0.4, 1.0, 0.0]
     rows = rows_of("q", rewards) + rows_of("random_pick", rewards)
