@@ -815,6 +815,8 @@ def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, 
                              max_actions: int = 200, cache: Path | None = None) -> pd.DataFrame:
     """Learned Q against the MCTS Bellman value ``q_raw`` for the actions of (held-out) tree nodes.
 
+    ``max_actions`` rows evenly spaced over the file (every k-th), so they span its trees: the first rows
+    would all come from the first few trees (on HotPotQA three failed trees, where every MCTS value is 0).
     Siblings share their prompt, so they are scored in one call (one shared-prefix pass); with a ``cache``
     file (:class:`qlib.qmodel.api.ScoreCache`) actions already scored are read back.
     """
@@ -822,7 +824,8 @@ def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, 
 
     if not Path(qnet_rows_file).exists():
         return pd.DataFrame(columns=["env", "task_id", "depth", "q", "q_mcts"])
-    rows = [json.loads(line) for line in open(qnet_rows_file)][:max_actions]
+    rows = [json.loads(line) for line in open(qnet_rows_file)]
+    rows = rows[::max(1, len(rows) // max_actions)][:max_actions] if max_actions else rows
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(json.dumps(row["prompt"]), []).append(row)

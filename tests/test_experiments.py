@@ -64,6 +64,7 @@ def test_tree_actions_are_scored_per_prompt_and_ranked_against_mcts(tmp_path):
     assert flipped.loc[0, "spearman_rho"] == pytest.approx(-1.0)
     assert ex.q_values_of_tree_actions(scorer, tmp_path / "missing.jsonl", "webshop").empty
     assert ex.q_values_of_tree_actions(scorer, file, "webshop", max_actions=1).shape[0] == 1
+    assert ex.q_values_of_tree_actions(scorer, file, "webshop", max_actions=2)["q"].tolist() == [1.0, 2.0]  # spread
 
 
 def test_tree_action_q_is_cached_beside_the_model_and_scores_only_what_is_missing(tmp_path):
