@@ -816,7 +816,7 @@ def q_values_of_tree_actions(q_model: Any, qnet_rows_file: Path, env_name: str, 
     """Learned Q against the MCTS Bellman value ``q_raw`` for the actions of (held-out) tree nodes.
 
     ``max_actions`` rows evenly spaced over the file (every k-th), so they span its trees: the first rows
-    would all come from the first few trees (on HotPotQA three failed trees, where every MCTS value is 0).
+    would all come from the first few trees (once three failed trees, where every MCTS value is 0).
     Siblings share their prompt, so they are scored in one call (one shared-prefix pass); with a ``cache``
     file (:class:`qlib.qmodel.api.ScoreCache`) actions already scored are read back.
     """
