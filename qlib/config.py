@@ -164,8 +164,8 @@ class FinetuneConfig(Section):
     learning_rate: float = Field(2e-4, gt=0, description="RFT / AgentEvol / self-training: peak learning rate")
     batch_size: int = Field(4, ge=1, description="sequences (SFT) or pairs (ETO) per optimiser step")
     epochs: int = Field(2, ge=1, description="passes over the fine-tuning data")
-    max_length: int = Field(2048, ge=64, description="tokens per training sequence (SFT windows, ETO pairs "
-                            "truncated from the left)")
+    max_length: int = Field(2048, ge=64, description="tokens per training sequence (SFT windows; ETO pairs: "
+                            "the prompt cut from the left, whole trajectories too long for it from the right)")
     bf16: bool = Field(True, description="bfloat16 autocast where the device supports it")
 
 
@@ -237,7 +237,7 @@ class DPOConfig(Section):
     batch_size: int = Field(16, ge=1, description="pairs per optimiser step")
     epochs: int = Field(1, ge=1, description="passes over the pairs (paper Fig. 5a: one epoch)")
     max_length: int = Field(4096, ge=1, description="tokens of prompt + turn (Table 5: max context 4096); "
-                            "longer pairs are truncated from the left")
+                            "longer pairs: the prompt cut from the left (trajectories too long for it: from the right)")
     lora: bool = Field(False, description="train a LoRA adapter instead of the full model")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")

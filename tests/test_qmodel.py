@@ -17,7 +17,7 @@ import torch
 from qlib.config import load_config
 from qlib.qmodel import DPOQModel, load_q_model, preference_accuracy
 from qlib.io import read_jsonl
-from qlib.qmodel.format import encode
+from qlib.qmodel.format import encode, encode_pair, fit_pair
 from qlib.testing.tiny import save_tiny, tiny_llama, tiny_tokenizer
 
 INSTRUCTION = "Solve a question answering task with interleaving Thought, Action, Observation steps."
@@ -118,6 +118,35 @@ def test_token_level_cut_never_touches_completion(tok):
     assert len(enc.prompt_ids) + len(enc.completion_ids) == limit
     assert enc.prompt_ids == whole.prompt_ids[-20:] or enc.dropped_messages > 0
     assert tok.decode(enc.completion_ids).startswith(long_action)
+
+
+def test_training_pair_of_long_trajectories_keeps_the_task_and_cuts_their_tails(tok):
+    row = pair_row(0, steps=0, level="trajectory")
+    (prompt,) = encode(tok, row["prompt"], ["x"], None)
+    limit = 4 * len(prompt.prompt_ids) + 8  # a quarter of the window holds the whole task prompt
+    step = [{"role": "user", "content": "Observation: " + "long page text " * 30},
+            {"role": "assistant", "content": "Thought: next. Action: Search[more]"}]
+    row["chosen"], row["rejected"] = row["chosen"] + step * 8, row["rejected"] + step * 12
+    whole = encode(tok, row["prompt"], [row["chosen"], row["rejected"]], None)
+    assert len(whole[0].completion_ids) > limit  # the old rule would have cut the prompt to MIN_PROMPT_TOKENS
+    columns, cut = fit_pair(tok, row, limit)
+    assert columns["prompt_ids"] == prompt.prompt_ids and "is item 0 blue?" in tok.decode(columns["prompt_ids"])
+    room = limit - len(prompt.prompt_ids)
+    for side, full in zip(("chosen", "rejected"), whole):
+        assert columns[f"{side}_ids"] == full.completion_ids[:room]  # the trajectory's head, cut on the right
+        assert columns[f"{side}_mask"] == full.completion_mask[:room]
+    assert cut == sum(len(e.completion_ids) - room for e in whole) > 0
+    assert encode_pair(tok, row, limit) == columns
+
+
+def test_step_pairs_keep_every_action_token_under_the_pair_rule(tok):
+    row = pair_row(1, steps=6)
+    full = encode(tok, row["prompt"], [row["chosen"], row["rejected"]], None)
+    limit = len(full[0].prompt_ids) // 2 + 40
+    columns, cut = fit_pair(tok, row, limit)
+    short = encode(tok, row["prompt"], [row["chosen"], row["rejected"]], limit)
+    assert cut == 0 and columns["prompt_ids"] == short[0].prompt_ids  # the prompt cut from the left, as scored
+    assert (columns["chosen_ids"], columns["rejected_ids"]) == (full[0].completion_ids, full[1].completion_ids)
 
 
 def test_trajectory_completion_masks_observations(tok):

@@ -240,7 +240,7 @@ def bench_dpo(model_dir: str, tokenizer: Any, total_tokens: int, bf16: bool, ste
     from qlib.qmodel.dpo import build_dataset, longest_pair, make_trainer
 
     config = load_config("cpu", {"dpo.batch_size": 2, "dpo.epochs": 1, "dpo.max_length": total_tokens + 64})
-    dataset = build_dataset(tokenizer, dpo_pairs(tokenizer, total_tokens, 2 * steps), total_tokens)
+    dataset, _ = build_dataset(tokenizer, dpo_pairs(tokenizer, total_tokens, 2 * steps), total_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     timer = StepTimer()
     callback = type("Timer", (TrainerCallback,), {"on_step_begin": timer.on_step_begin, "on_step_end": timer.on_step_end})

@@ -13,6 +13,7 @@ sequences; a step pair's prompt is ≈ 93 % of its tokens, so this halves the wo
 from __future__ import annotations
 
 import contextlib
+import logging
 import csv
 import json
 import time
@@ -30,9 +31,10 @@ from trl.trainer.utils import use_adapter
 
 from qlib.config import Config
 from qlib.io import atomic_write_text, read_jsonl
-from qlib.qmodel.format import encode_pair
+from qlib.qmodel.format import fit_pair
 from qlib.qmodel.scorer import completion_logits
 
+log = logging.getLogger(__name__)
 CONFIG_FILE = "qlib_config.json"
 EMBEDDED_BASE = "smollm2-135m"
 METRIC_KEYS = ("step", "epoch", "loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
@@ -77,12 +79,17 @@ def load_rows(path: str | Path, max_pairs: int = 0) -> list[dict[str, Any]]:
     return rows[:max_pairs] if max_pairs > 0 else rows
 
 
-def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int | None) -> Any:
-    """A ``datasets.Dataset`` of pre-tokenised preference pairs."""
+def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int | None) -> tuple[Any, int]:
+    """(a ``datasets.Dataset`` of pre-tokenised preference pairs, how many had completions cut from the right)."""
     from datasets import Dataset
     from tqdm.auto import tqdm
 
-    return Dataset.from_list([encode_pair(tokenizer, row, max_length) for row in tqdm(rows, desc="encode pairs")])
+    encoded = [fit_pair(tokenizer, row, max_length) for row in tqdm(rows, desc="encode pairs")]
+    cut = sum(1 for _, tokens in encoded if tokens)
+    if cut:
+        log.info("%d of %d pairs are whole trajectories longer than max_length %s: cut from the right",
+                 cut, len(rows), max_length)
+    return Dataset.from_list([columns for columns, _ in encoded]), cut
 
 
 class MaskedPreferenceCollator(DataCollatorForPreference):
@@ -318,7 +325,7 @@ def run_dpo(
 
     out, base_name, base_dir, tokenizer, rows = training_inputs(
         pairs_file, out_dir, config, model_path, tokenizer, "preference pairs")
-    dataset = build_dataset(tokenizer, rows, config.dpo.max_length)
+    dataset, cut = build_dataset(tokenizer, rows, config.dpo.max_length)
     bf16 = config.dpo.bf16 and bf16_supported()
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -331,6 +338,7 @@ def run_dpo(
         "kind": "dpo", "beta": config.dpo.beta, "lora": config.dpo.lora, "base_model": base_name,
         "dtype": "bf16-autocast" if bf16 else "fp32", "bf16_requested": config.dpo.bf16,
         "max_length": config.dpo.max_length, "n_pairs": len(rows), "pairs_file": str(pairs_file),
+        "pairs_cut_right": cut,
         "precompute_ref_log_probs": trainer.args.precompute_ref_log_probs,
         "micro_batch": trainer.args.per_device_train_batch_size,
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,

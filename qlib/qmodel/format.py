@@ -9,7 +9,9 @@
 * ``completion_mask`` marks the assistant tokens: the only tokens whose log-probabilities count.
 * Long prompts are cut from the left by :func:`fit_prompt`: whole message pairs are dropped oldest first
   (ICL examples, then the oldest steps), always keeping the instruction / ``OK`` head and the task turn;
-  if that is not enough the prompt tokens are cut from the left. The completion is never cut.
+  if that is not enough the prompt tokens are cut from the left. A scored completion is never cut; a training
+  pair whose completions would leave its prompt under a quarter of the window (whole trajectories) keeps
+  that quarter and has its completions cut from the right instead (:func:`fit_pair`).
 """
 from __future__ import annotations
 
@@ -166,12 +168,32 @@ def encode(
 
 
 def encode_pair(tokenizer: Any, row: dict[str, Any], max_length: int | None) -> dict[str, Any]:
-    """A pairs-JSONL row as the pre-tokenised columns the DPO trainer reads."""
+    """A pairs-JSONL row as the pre-tokenised columns the DPO trainer reads (see :func:`fit_pair`)."""
+    return fit_pair(tokenizer, row, max_length)[0]
+
+
+def fit_pair(tokenizer: Any, row: dict[str, Any], max_length: int | None) -> tuple[dict[str, Any], int]:
+    """(:func:`encode_pair`'s columns, completion tokens cut from the right).
+
+    As :func:`encode` (prompt cut from the left, completions whole) while that leaves the prompt at least a
+    quarter of ``max_length``: so a step pair never loses an action token. A completion longer than that (a whole
+    trajectory: ETO's pairs) would leave the model no task to condition on; then the prompt keeps up to a quarter
+    of the window (cut as above) and both completions are cut from the right to the rest, as ETO truncates.
+    """
     chosen, rejected = encode(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], max_length)
-    return {
+    cut = 0
+    shortened = chosen.dropped_messages or chosen.cut_tokens
+    if max_length and shortened and len(chosen.prompt_ids) < max_length // 4:
+        prompt_ids = fit_prompt(tokenizer, row["prompt"], max_length // 4)[0]
+        room = max_length - len(prompt_ids)
+        cut = sum(max(len(e.completion_ids) - room, 0) for e in (chosen, rejected))
+        chosen, rejected = (Encoded(prompt_ids, e.completion_ids[:room], e.completion_mask[:room])
+                            for e in (chosen, rejected))
+    columns = {
         "prompt_ids": chosen.prompt_ids,
         "chosen_ids": chosen.completion_ids,
         "rejected_ids": rejected.completion_ids,
         "chosen_mask": chosen.completion_mask,
         "rejected_mask": rejected.completion_mask,
     }
+    return columns, cut
