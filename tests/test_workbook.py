@@ -99,7 +99,9 @@ def test_paper_numbers_come_from_the_registry():
     assert paper.paper_number("fig4a", "webshop", "ind") == 0.83
     assert paper.paper_number("table4", "webshop", "react") is None
     table2 = pd.DataFrame(paper.paper_table2())
-    assert len(table2) == 10 and table2.set_index(["env", "method"]).paper[("hotpotqa", "bon")] == 0.34
+    paper_of = table2.set_index(["env", "method"]).paper
+    assert len(table2) == 14 and paper_of[("hotpotqa", "bon")] == 0.34
+    assert (paper_of[("webshop", "eto")], paper_of[("hotpotqa", "agentevol")]) == (0.53, 0.23)
     note = paper.paper_note("table4")
     assert note.startswith("Table 4 (GPT-4o-mini agent): hotpotqa react 0.31") and "react+reflection+q 0.48" in note
     assert "0.48→0.60" in paper.paper_note("table2_transfer")
