@@ -34,7 +34,7 @@ SPEC = register(EnvSpec(
     search_goal_ms=5.0,
     paper={  # Zhai et al. 2409.09345
         "table2": {"greedy": 0.20, "sampled": 0.20, "bon": 0.34, "q": 0.35,
-                    "rft": 0.23, "agentevol": 0.23, "eto": 0.27},
+                   "rft": 0.23, "agentevol": 0.23, "eto": 0.27},
         "table2_transfer": {"llama-3.1-8b": (0.46, 0.50), "gpt-4o-mini": (0.31, 0.44),
                             "gpt-4-turbo": (0.44, 0.50)},
         "table4": {"react": 0.31, "react+reflection": 0.39, "react+q": 0.46, "react+reflection+q": 0.48},

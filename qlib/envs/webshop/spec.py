@@ -18,7 +18,7 @@ SPEC = register(EnvSpec(
     search_goal_ms=3.0,
     paper={  # Zhai et al. 2409.09345: Phi-3-mini-4k-instruct agent, Phi-1.5 Q model
         "table2": {"greedy": 0.30, "sampled": 0.30, "bon": 0.50, "q": 0.61,
-                    "rft": 0.44, "agentevol": 0.50, "eto": 0.53},
+                   "rft": 0.44, "agentevol": 0.50, "eto": 0.53},
         "table2_transfer": {"llama-3.1-8b": (0.48, 0.60), "gpt-4o-mini": (0.49, 0.64),
                             "gpt-4-turbo": (0.58, 0.64)},
         "table3": {("step", 1): 0.30, ("step", 3): 0.50, ("step", 5): 0.61, ("step", 7): 0.63,
