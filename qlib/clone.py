@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,12 +31,12 @@ from transformers import TrainerCallback
 from qlib.agent.base import Message
 from qlib.config import Config
 from qlib.io import read_jsonl
-from qlib.qmodel.dpo import CONFIG_FILE, MetricsCallback, bf16_supported, lora_config, resolve_base, save_dpo
+from qlib.qmodel.dpo import (CHECKPOINT_STEPS, CONFIG_FILE, MetricsCallback, TrainingClock, bf16_supported,
+                             lora_config, resolve_base, resumable_checkpoint, run_fingerprint, save_dpo)
 from qlib.qmodel.format import encode, task_index
 
 METRIC_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "num_tokens", "mean_token_accuracy")
 IGNORE = -100
-CHECKPOINT_STEPS = 10  # optimiser steps between resumable checkpoints
 
 
 # ----------------------------------------------------------------------------- data
@@ -171,7 +170,8 @@ def train_clone(
 ) -> Path:
     """Fine-tune the agent on ``demos_file`` (the first ``limit`` demos when > 0); return ``out_dir``.
 
-    Resumes from ``out_dir/trainer``'s last checkpoint when one exists. ``max_steps`` > 0 stops early."""
+    Resumes from ``out_dir/trainer``'s last checkpoint of a run with the same settings and demonstrations
+    (:func:`~qlib.qmodel.dpo.resumable_checkpoint`). ``max_steps`` > 0 stops early."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -193,19 +193,21 @@ def train_clone(
     trainer = make(model=model, args=sft_args(config, out, bf16=bf16, max_steps=max_steps),
                    train_dataset=dataset, processing_class=tokenizer,
                    peft_config=lora_config(cfg) if cfg.lora else None)
-    trainer.add_callback(MetricsCallback(out / "metrics.csv", METRIC_KEYS))
+    fingerprint = run_fingerprint("sft", base_name, cfg.model_dump(mode="json"), config.seed, rows)
+    checkpoint = resumable_checkpoint(out, fingerprint)
+    clock = TrainingClock(fingerprint, checkpoint)
+    trainer.add_callback(MetricsCallback(out / "metrics.csv", METRIC_KEYS, resume=checkpoint is not None))
+    trainer.add_callback(clock)
     base_meta = {"kind": "sft", "lora": cfg.lora, "base_model": base_name, "demos_file": str(demos_file),
                  "dtype": "bf16-autocast" if bf16 else "fp32", "seed": config.seed, **stats,
                  "clone": cfg.model_dump(mode="json")}
     per_step = cfg.batch_size * stats["demos"] / stats["sequences"]
     points = [k for k in cfg.curve if k < len(rows)]
     trainer.add_callback(CurveCallback(out, points, per_step, tokenizer, base_meta))
-    checkpoints = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_dpo(trainer.model, tokenizer, out, {
-        **base_meta, "train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
-        "steps": trainer.state.global_step, "resumed_from": checkpoints[-1].name if checkpoints else None,
+        **base_meta, "train_seconds": clock.seconds(), "train_loss": result.training_loss,
+        "steps": trainer.state.global_step, "resumed_from": checkpoint.name if checkpoint else None,
         "curve": [k for k in points if (out / "curve" / str(k) / CONFIG_FILE).exists()]})
     shutil.rmtree(out / "trainer", ignore_errors=True)
     return out

@@ -5,6 +5,7 @@ Llama (over SmolLM2's real tokenizer, so the demonstrations tokenise as they do 
 """
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -214,6 +215,9 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_dir, demo
     meta = json.loads((out / "qlib_config.json").read_text())
     assert meta["resumed_from"] == "checkpoint-1" and meta["steps"] == meta["sequences"] == 3
     assert not (out / "trainer").exists()
+    with open(out / "metrics.csv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3]  # each step once
+    assert meta["train_seconds"] > 0
     # the released artifact: a bf16 adapter that restores into a clone folder only for the same settings
     from safetensors.torch import load_file
 

@@ -304,6 +304,53 @@ def test_dpo_lora_learns_pairs_and_trl_scores_the_scorer_tokens(tok, tiny_dir, p
     assert loaded.score(messages, CANDIDATES) == pytest.approx(in_memory.score(messages, CANDIDATES), abs=1e-5)
 
 
+def test_an_interrupted_dpo_run_resumes_from_its_checkpoint_only_with_the_same_settings(
+        tiny_dir, pairs_file, tmp_path, monkeypatch, caplog):
+    from safetensors.torch import load_file
+
+    import qlib.qmodel.dpo as dpo
+
+    config = dpo_config(**{"dpo.lora": True, "dpo.epochs": 2})
+    monkeypatch.setattr(dpo, "CHECKPOINT_STEPS", 1)
+
+    def crash(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+
+    def interrupted(out, run_config):
+        with monkeypatch.context() as patch:
+            patch.setattr(dpo.MetricsCallback, "on_step_end", crash, raising=False)
+            with pytest.raises(KeyboardInterrupt):
+                dpo.train_dpo(pairs_file, out, run_config, model_path=tiny_dir, max_steps=4)
+        assert (out / "trainer" / "checkpoint-1" / dpo.TrainingClock.FILE).is_file()
+        assert not (out / "qlib_config.json").exists()
+
+    out = tmp_path / "resumed"
+    interrupted(out, config)
+    saved = json.loads((out / "trainer" / "checkpoint-1" / dpo.TrainingClock.FILE).read_text())
+    dpo.train_dpo(pairs_file, out, config, model_path=tiny_dir, max_steps=4)
+    meta = json.loads((out / "qlib_config.json").read_text())
+    assert meta["resumed_from"] == "checkpoint-1" and meta["steps"] == 4
+    assert meta["train_seconds"] >= saved["seconds"] > 0
+    assert not (out / "trainer").exists()
+    with open(out / "metrics.csv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4]  # each step once
+    # the resumed run trained the same model as one that was never interrupted
+    whole = dpo.train_dpo(pairs_file, tmp_path / "whole", config, model_path=tiny_dir, max_steps=4)
+    resumed, straight = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (out, whole))
+    assert resumed.keys() == straight.keys()
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
+
+    # a checkpoint of other settings is never resumed: the run starts afresh
+    other = tmp_path / "other"
+    interrupted(other, config)
+    with caplog.at_level("WARNING", logger="qlib.qmodel.dpo"):
+        dpo.train_dpo(pairs_file, other, dpo_config(**{"dpo.lora": True, "dpo.epochs": 2, "dpo.beta": 0.5}),
+                      model_path=tiny_dir, max_steps=4)
+    assert json.loads((other / "qlib_config.json").read_text())["resumed_from"] is None
+    assert "other settings or data" in caplog.text
+
+
 def test_dpo_full_finetune_round_trip_and_trajectory_pairs(tok, tiny_dir, tmp_path):
     import shutil
 

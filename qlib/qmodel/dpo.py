@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import csv
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from qlib.qmodel.scorer import completion_logits
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "qlib_config.json"
+CHECKPOINT_STEPS = 10  # optimiser steps between the resumable checkpoints of a training run (DPO, clone)
 EMBEDDED_BASE = "smollm2-135m"
 METRIC_KEYS = ("step", "epoch", "loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
                "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate", "grad_norm")
@@ -184,15 +187,22 @@ class PreTokenizedDPOTrainer(DPOTrainer):
 
 
 class MetricsCallback(TrainerCallback):
-    """Collects the per-logging-step training metrics ``keys`` and writes them to ``metrics.csv``."""
+    """Collects the per-logging-step training metrics ``keys`` and writes them to ``metrics.csv``.
 
-    def __init__(self, path: Path, keys: tuple[str, ...] = METRIC_KEYS) -> None:
+    With ``resume`` the rows already in the file are kept up to the step the run resumes from, so a resumed
+    run's file holds every step once."""
+
+    def __init__(self, path: Path, keys: tuple[str, ...] = METRIC_KEYS, *, resume: bool = False) -> None:
         self.path = path
         self.keys = keys
         self.rows: list[dict[str, Any]] = []
+        if resume and path.is_file():
+            with open(path, newline="", encoding="utf-8") as handle:
+                self.rows = list(csv.DictReader(handle))
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - trainer hook
         if logs and "loss" in logs:
+            self.rows = [row for row in self.rows if int(row["step"]) < state.global_step]
             self.rows.append({"step": state.global_step, **{k: logs.get(k) for k in self.keys[1:]}})
             self.write()
 
@@ -201,6 +211,51 @@ class MetricsCallback(TrainerCallback):
             writer = csv.DictWriter(handle, fieldnames=list(self.keys))
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+def resumable_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
+    """The newest trl checkpoint in ``out_dir/trainer`` of a run with this ``fingerprint`` (its settings and
+    data), or None. Checkpoints of other settings or data are removed with a warning, never resumed: a run
+    restarts rather than mix two."""
+    checkpoints = sorted((out_dir / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        return None
+    saved = checkpoints[-1] / TrainingClock.FILE
+    try:
+        if json.loads(saved.read_text())["fingerprint"] == fingerprint:
+            return checkpoints[-1]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log.warning("%s: checkpoint of other settings or data (or unreadable): training afresh", checkpoints[-1])
+    shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    return None
+
+
+def run_fingerprint(*parts: Any) -> str:
+    """What a training run's checkpoints belong to: a hash of its settings and data (JSON-serialisable parts)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class TrainingClock(TrainerCallback):
+    """Saves the run's ``fingerprint`` and its training seconds in every checkpoint; a run resumed from one
+    starts counting from there, so ``seconds()`` sums the executions (work after the last checkpoint of an
+    interrupted execution is redone, so it is not counted)."""
+
+    FILE = "qlib_checkpoint.json"
+
+    def __init__(self, fingerprint: str, resume_from: Path | None) -> None:
+        self.fingerprint = fingerprint
+        self.before = json.loads((resume_from / self.FILE).read_text())["seconds"] if resume_from else 0.0
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return round(self.before + time.perf_counter() - self.start, 2)
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: D102 - trainer hook (after the checkpoint is written)
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            atomic_write_text(checkpoint / self.FILE,
+                              json.dumps({"fingerprint": self.fingerprint, "seconds": self.seconds()}))
 
 
 def micro_batch(batch_size: int, longest: int) -> int:
@@ -242,7 +297,9 @@ def trainer_args(config: Config, out_dir: Path, dataset: Any, *, bf16: bool, max
         precompute_ref_log_probs=precompute,
         gradient_checkpointing=False,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",  # resumable: an interrupted run continues from its last checkpoint
+        save_steps=CHECKPOINT_STEPS,
+        save_total_limit=1,
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -293,7 +350,9 @@ def train_dpo(
     """Train the Q-value model with step-level DPO on ``pairs_file``; return ``out_dir``.
 
     ``out_dir`` gets ``adapter/`` (LoRA) or ``model/`` (full) as safetensors, ``tokenizer/``,
-    ``qlib_config.json`` and ``metrics.csv``. ``max_steps`` > 0 stops early (smoke runs, benchmarks).
+    ``qlib_config.json`` and ``metrics.csv``. ``max_steps`` > 0 stops early (smoke runs, benchmarks). A run
+    interrupted after a checkpoint (every :data:`CHECKPOINT_STEPS` steps, in ``out_dir/trainer``) resumes
+    from it when called again with the same settings and pairs.
     """
     return run_dpo(pairs_file, out_dir, config, model_path=model_path, tokenizer=tokenizer, max_steps=max_steps)[0]
 
@@ -330,10 +389,12 @@ def run_dpo(
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     trainer = make_trainer(model, tokenizer, dataset, config, out, bf16=bf16, max_steps=max_steps)
-    metrics = MetricsCallback(out / "metrics.csv")
-    trainer.add_callback(metrics)
-    start = time.perf_counter()
-    result = trainer.train()
+    fingerprint = run_fingerprint("dpo", base_name, config.dpo.model_dump(mode="json"), config.seed, rows)
+    checkpoint = resumable_checkpoint(out, fingerprint)
+    clock = TrainingClock(fingerprint, checkpoint)
+    trainer.add_callback(MetricsCallback(out / "metrics.csv", resume=checkpoint is not None))
+    trainer.add_callback(clock)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     meta = {
         "kind": "dpo", "beta": config.dpo.beta, "lora": config.dpo.lora, "base_model": base_name,
         "dtype": "bf16-autocast" if bf16 else "fp32", "bf16_requested": config.dpo.bf16,
@@ -342,11 +403,11 @@ def run_dpo(
         "precompute_ref_log_probs": trainer.args.precompute_ref_log_probs,
         "micro_batch": trainer.args.per_device_train_batch_size,
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-        "train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
-        "steps": trainer.state.global_step, "seed": config.seed, "config": config.to_dict(),
+        "train_seconds": clock.seconds(), "train_loss": result.training_loss,
+        "steps": trainer.state.global_step, "resumed_from": checkpoint.name if checkpoint else None,
+        "seed": config.seed, "config": config.to_dict(),
     }
     save_dpo(trainer.model, tokenizer, out, meta)
-    with contextlib.suppress(OSError):
-        (out / "trainer").rmdir()  # trl's output_dir stays empty (save_strategy="no")
+    shutil.rmtree(out / "trainer", ignore_errors=True)  # the checkpoints: the finished run needs none
     trainer.model.eval()
     return out, trainer
