@@ -31,8 +31,8 @@ from transformers import TrainerCallback
 from qlib.agent.base import Message
 from qlib.config import Config
 from qlib.io import read_jsonl
-from qlib.qmodel.dpo import (CHECKPOINT_STEPS, CONFIG_FILE, MetricsCallback, TrainingClock, bf16_supported,
-                             lora_config, resolve_base, resumable_checkpoint, run_fingerprint, save_dpo)
+from qlib.qmodel.dpo import (CHECKPOINT_STEPS, CONFIG_FILE, bf16_supported, lora_config, resolve_base,
+                             resume_training, run_fingerprint, save_dpo)
 from qlib.qmodel.format import encode, task_index
 
 METRIC_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "num_tokens", "mean_token_accuracy")
@@ -171,7 +171,7 @@ def train_clone(
     """Fine-tune the agent on ``demos_file`` (the first ``limit`` demos when > 0); return ``out_dir``.
 
     Resumes from ``out_dir/trainer``'s last checkpoint of a run with the same settings and demonstrations
-    (:func:`~qlib.qmodel.dpo.resumable_checkpoint`). ``max_steps`` > 0 stops early."""
+    (:func:`~qlib.qmodel.dpo.resume_training`). ``max_steps`` > 0 stops early."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -194,10 +194,7 @@ def train_clone(
                    train_dataset=dataset, processing_class=tokenizer,
                    peft_config=lora_config(cfg) if cfg.lora else None)
     fingerprint = run_fingerprint("sft", base_name, cfg.model_dump(mode="json"), config.seed, rows)
-    checkpoint = resumable_checkpoint(out, fingerprint)
-    clock = TrainingClock(fingerprint, checkpoint)
-    trainer.add_callback(MetricsCallback(out / "metrics.csv", METRIC_KEYS, resume=checkpoint is not None))
-    trainer.add_callback(clock)
+    checkpoint, clock = resume_training(trainer, out, fingerprint, METRIC_KEYS)
     base_meta = {"kind": "sft", "lora": cfg.lora, "base_model": base_name, "demos_file": str(demos_file),
                  "dtype": "bf16-autocast" if bf16 else "fp32", "seed": config.seed, **stats,
                  "clone": cfg.model_dump(mode="json")}

@@ -213,22 +213,30 @@ class MetricsCallback(TrainerCallback):
             writer.writerows(self.rows)
 
 
-def resumable_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
-    """The newest trl checkpoint in ``out_dir/trainer`` of a run with this ``fingerprint`` (its settings and
-    data), or None. Checkpoints of other settings or data are removed with a warning, never resumed: a run
-    restarts rather than mix two."""
+def resume_training(trainer: Any, out_dir: Path, fingerprint: str, keys: tuple[str, ...] = METRIC_KEYS
+                    ) -> tuple[Path | None, TrainingClock]:
+    """Make ``trainer``'s run resumable: attach its ``metrics.csv`` writer and its :class:`TrainingClock`,
+    and return the checkpoint to resume from (for ``trainer.train``) with the clock.
+
+    The checkpoint is the newest one in ``out_dir/trainer`` of a run with this ``fingerprint`` (its settings
+    and data). Checkpoints of other settings or data, or unreadable ones, are removed with a warning, never
+    resumed: a run restarts rather than mix two."""
     checkpoints = sorted((out_dir / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
-        return None
-    saved = checkpoints[-1] / TrainingClock.FILE
-    try:
-        if json.loads(saved.read_text())["fingerprint"] == fingerprint:
-            return checkpoints[-1]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    log.warning("%s: checkpoint of other settings or data (or unreadable): training afresh", checkpoints[-1])
-    shutil.rmtree(out_dir / "trainer", ignore_errors=True)
-    return None
+    checkpoint, before = None, 0.0
+    if checkpoints:
+        try:
+            saved = json.loads((checkpoints[-1] / TrainingClock.FILE).read_text())
+            if saved["fingerprint"] == fingerprint:
+                checkpoint, before = checkpoints[-1], float(saved["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if checkpoint is None:
+            log.warning("%s: checkpoint of other settings or data (or unreadable): training afresh", checkpoints[-1])
+            shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    clock = TrainingClock(fingerprint, before)
+    trainer.add_callback(MetricsCallback(out_dir / "metrics.csv", keys, resume=checkpoint is not None))
+    trainer.add_callback(clock)
+    return checkpoint, clock
 
 
 def run_fingerprint(*parts: Any) -> str:
@@ -237,15 +245,15 @@ def run_fingerprint(*parts: Any) -> str:
 
 
 class TrainingClock(TrainerCallback):
-    """Saves the run's ``fingerprint`` and its training seconds in every checkpoint; a run resumed from one
-    starts counting from there, so ``seconds()`` sums the executions (work after the last checkpoint of an
-    interrupted execution is redone, so it is not counted)."""
+    """Saves the run's ``fingerprint`` and its training seconds in every checkpoint. ``before`` is the seconds
+    saved in the checkpoint the run resumes from, so ``seconds()`` sums the executions (work after the last
+    checkpoint of an interrupted execution is redone, so it is not counted)."""
 
     FILE = "qlib_checkpoint.json"
 
-    def __init__(self, fingerprint: str, resume_from: Path | None) -> None:
+    def __init__(self, fingerprint: str, before: float = 0.0) -> None:
         self.fingerprint = fingerprint
-        self.before = json.loads((resume_from / self.FILE).read_text())["seconds"] if resume_from else 0.0
+        self.before = before
         self.start = time.perf_counter()
 
     def seconds(self) -> float:
@@ -390,10 +398,7 @@ def run_dpo(
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     trainer = make_trainer(model, tokenizer, dataset, config, out, bf16=bf16, max_steps=max_steps)
     fingerprint = run_fingerprint("dpo", base_name, config.dpo.model_dump(mode="json"), config.seed, rows)
-    checkpoint = resumable_checkpoint(out, fingerprint)
-    clock = TrainingClock(fingerprint, checkpoint)
-    trainer.add_callback(MetricsCallback(out / "metrics.csv", resume=checkpoint is not None))
-    trainer.add_callback(clock)
+    checkpoint, clock = resume_training(trainer, out, fingerprint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     meta = {
         "kind": "dpo", "beta": config.dpo.beta, "lora": config.dpo.lora, "base_model": base_name,
