@@ -98,6 +98,11 @@ EPISODE_SETS: dict[str, EpisodeSet] = {
         overrides={"policy.model": CLONE_NAME, "policy.icl": False, "policy.temperature": 1.0},
         purpose="00: the behaviour-cloned agent without few-shot examples: greedy and pass@n (bon at the paper's "
                 "T=1, whatever the profile samples q's candidates at)."),
+    "clone_twin": EpisodeSet(
+        tag="twin_{dtype}_greedy", methods=("greedy",), q_model="", label="",
+        overrides={"policy.model": CLONE_NAME, "policy.icl": False},
+        purpose="00 (optional): greedy episodes of this machine's clone (trained in {dtype}) in a file of their own, "
+                "to compare with agent_clone's released greedy rows (:func:`clone_twin_check`)."),
     "agent_sampling": EpisodeSet(
         tag="agent_sampling_t{temperature}_p{top_p}", methods=("bon",), q_model="", label="",
         overrides={"policy.model": CLONE_NAME, "policy.icl": False},
@@ -173,6 +178,34 @@ def agent_episodes(config: Config, paths: RunPaths, *, tasks: int | Mapping[str,
         rows += run_episodes(run_config, paths, env_name, "agent_clone", ["bon"], n=pass_n,
                              limit=per_env(pass_tasks, env_name) or limit)
     return rows
+
+
+def clone_twin_check(config: Config, paths: RunPaths, *, tasks: int | Mapping[str, int] = 100,
+                     envs: Sequence[str] | None = None) -> pd.DataFrame:
+    """How close this machine's clone is to the one that played the released rows; one row per environment.
+
+    A retrained clone is a near twin, not a copy: CPU training is not deterministic across machines, and a CPU
+    without bf16 trains in fp32 under the same ``agent`` identity. This plays greedy with the local clone on the
+    first ``tasks`` test tasks into a file of its own (``episodes/twin_<dtype>_greedy_<env>.jsonl``: no rows
+    shared with the released ones) and compares it task by task with ``agent_clone``'s greedy rows
+    (:func:`qlib.stats.action_agreement`). Run :func:`clone_agents` first."""
+    from qlib.io import read_jsonl
+    from qlib.qmodel.dpo import CONFIG_FILE
+    from qlib.stats import action_agreement
+
+    lines = []
+    for env_name in envs or env_names():
+        dtype = json.loads((paths.clones(env_name) / CONFIG_FILE).read_text()).get("dtype", "unknown")
+        dtype = dtype.split("-")[0]  # "bf16-autocast" -> "bf16"
+        twin = run_episodes(paper_step_limit(config, env_name), paths, env_name, "clone_twin",
+                            limit=per_env(tasks, env_name), dtype=dtype)
+        released = paths.episode_set("agent_clone", env_name)
+        reference = [r for r in read_jsonl(released) if r.get("method") == "greedy" and r.get("split") == "test"] \
+            if released.is_file() else []
+        lines.append({"env": env_name, "local clone": dtype,
+                      **action_agreement(reference, twin, resamples=config.eval.bootstrap_resamples,
+                                         seed=config.seed)})
+    return pd.DataFrame(lines)
 
 
 def paper_step_limit(config: Config, env_name: str) -> Config:

@@ -142,6 +142,28 @@ def paired_line(group: pd.DataFrame, base: str, other: str, resamples: int, seed
     return line
 
 
+def action_agreement(reference: Iterable[dict[str, Any]], other: Iterable[dict[str, Any]], *,
+                     resamples: int = 10_000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """How alike two runs of one agent are over the tasks both finished (e.g. the released clone's greedy rows
+    and a retrained twin's): ``tasks``, ``same_actions`` (tasks whose executed action sequences are identical),
+    each run's mean reward with its CI, and ``reference − other`` with its paired CI. One row per task each."""
+    ref = {r["task_id"]: r for r in reference if "error" not in r and r.get("reward") is not None}
+    oth = {r["task_id"]: r for r in other if "error" not in r and r.get("reward") is not None}
+    common = sorted(set(ref) & set(oth))
+
+    def actions(row: dict[str, Any]) -> list[Any]:
+        return [step.get("action") for step in row.get("trajectory", [])]
+
+    line: dict[str, Any] = {"tasks": len(common), "same_actions": sum(actions(ref[t]) == actions(oth[t]) for t in common)}
+    for name, rows in (("reference", ref), ("other", oth)):
+        line[name], line[f"{name}_lo"], line[f"{name}_hi"] = mean_ci(
+            [float(rows[t]["reward"]) for t in common], resamples=resamples, seed=seed, confidence=confidence)
+    diff = [float(ref[t]["reward"]) - float(oth[t]["reward"]) for t in common]
+    line["reward_diff"], line["reward_diff_lo"], line["reward_diff_hi"] = mean_ci(
+        diff, resamples=resamples, seed=seed, confidence=confidence)
+    return line
+
+
 def format_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """Text table with ``mean [lo, hi]`` cells for every ``x``/``x_lo``/``x_hi`` column triple."""
     if frame.empty:

@@ -93,7 +93,7 @@ TODAYS_TAGS = {"test_methods": "table2", "second_policy": "transfer", "base_agen
                "pair_subset": "fig5a_12", "agent_base": "agent_base", "agent_clone": "agent_clone",
                "agent_curve": "agent_curve_12", "agent_sampling": "agent_sampling_t0.7_p0.9",
                "finetuned": "finetuned_rft", "self_train_explore": "self_train_step",
-               "sampling_temperature": "table3_t0.7"}
+               "sampling_temperature": "table3_t0.7", "clone_twin": "twin_fp32_greedy"}
 
 
 def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
@@ -105,13 +105,13 @@ def test_episode_sets_keep_todays_file_names(tmp_path, monkeypatch):
     assert len({s.tag for s in ex.EPISODE_SETS.values()}) == len(ex.EPISODE_SETS)
     for name, tag in TODAYS_TAGS.items():
         assert paths.episode_set(name, "env", pairs=12, demos=12, temperature=0.7, top_p=0.9, row="rft",
-                                 scorer="step") == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
+                                 scorer="step", dtype="fp32") == tmp_path / "cpu" / "episodes" / f"{tag}_env.jsonl"
     # the Q model labels are part of the rows' resume fingerprint: today's values
     labels = {name: s.label.format(pairs=12) for name, s in ex.EPISODE_SETS.items()}
     assert labels == {"test_methods": "step", "second_policy": "step", "base_agent_transfer": "step", "trajectory_q": "trajectory",
                       "pair_subset": "12 pairs", "agent_base": "", "agent_clone": "", "agent_curve": "",
                       "agent_sampling": "", "finetuned": "", "self_train_explore": "step",
-                      "sampling_temperature": "step"}
+                      "sampling_temperature": "step", "clone_twin": ""}
     assert ex.EPISODE_SETS["pair_subset"].q_model.format(pairs=12) == "step_12pairs"
     assert dict(ex.EPISODE_SETS["second_policy"].overrides) == {"policy.prompt": "reflection"}
 
@@ -136,6 +136,37 @@ def test_temperature_ablation_reruns_only_other_temperatures(monkeypatch):
                      ("webshop", "sampling_temperature", ("sampled", "bon", "q"), 2, {"policy.temperature": 1.0}, 1.0)]
     assert list(table.temperature) == [0.7] * 3 + [1.0] * 3
     assert list(table.method) == ["sampled", "bon", "q"] * 2 and list(table.reward) == [0.25] * 3 + [0.75] * 3
+
+
+def test_clone_twin_check_plays_into_its_own_file_and_compares_with_released_greedy(tmp_path, monkeypatch):
+    from qlib.config import load_config
+    from qlib.io import append_jsonl
+    from qlib.workbook import run_paths
+
+    monkeypatch.setenv("QLIB_RUNS", str(tmp_path))
+    paths = run_paths("smoke")
+    (paths.clones("webshop")).mkdir(parents=True)
+    (paths.clones("webshop") / "qlib_config.json").write_text(json.dumps({"dtype": "fp32"}))
+    for task, action in enumerate(["search[a]", "search[b]"]):  # the released clone's rows (+ a bon row, ignored)
+        for method in ("greedy", "bon"):
+            append_jsonl(paths.episode_set("agent_clone", "webshop"), {
+                "env": "webshop", "split": "test", "task_id": task, "method": method, "n": 1, "reward": 1.0,
+                "success": True, "trajectory": [{"action": action if method == "greedy" else "click[x]"}]})
+    calls = []
+
+    def fake_run(config, paths, env, set_name, methods=None, *, limit=None, **fields):
+        calls.append((env, set_name, limit, fields, config.webshop.max_steps))
+        return [{"env": env, "split": "test", "task_id": t, "method": "greedy", "n": 1, "reward": r, "success": r == 1,
+                 "trajectory": [{"action": a}]} for t, (a, r) in enumerate([("search[a]", 1.0), ("search[c]", 0.0)])]
+
+    monkeypatch.setattr(ex, "run_episodes", fake_run)
+    config = load_config("smoke", {"webshop.max_steps": 3, "eval.bootstrap_resamples": 50})
+    table = ex.clone_twin_check(config, paths, tasks={"webshop": 2}, envs=["webshop"])
+    assert calls == [("webshop", "clone_twin", 2, {"dtype": "fp32"}, 10)]  # the paper's step limit, like agent_clone
+    line = table.iloc[0]
+    assert (line["local clone"], line.tasks, line.same_actions) == ("fp32", 2, 1)
+    assert (line.reference, line.other, line.reward_diff) == (1.0, 0.5, 0.5)
+    assert paths.episode_set("clone_twin", "webshop", dtype="fp32").name == "twin_fp32_greedy_webshop.jsonl"
 
 
 def test_pair_counts_of_fractions():

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from qlib.stats import format_table, mean_ci, paired_differences, summarise
+from qlib.stats import action_agreement, format_table, mean_ci, paired_differences, summarise
 
 
 def rows_of(method, rewards, env="webshop", n=1, start=0):
@@ -108,3 +108,18 @@ def test_f1_is_summarised_and_paired_only_where_rows_carry_it():
     assert diff.loc["hotpotqa", "f1_diff"] == pytest.approx(1.75 / 3)
     assert math.isnan(diff.loc["webshop", "f1_diff"]) and diff.loc["webshop", "reward_diff"] == pytest.approx(0.2)
     assert "f1" not in summarise(rows_of("q", [1.0]), resamples=100)
+
+
+def test_action_agreement_counts_identical_action_sequences_on_common_tasks():
+    def played(rewards, actions, start=0):
+        return [dict(row, trajectory=[{"action": a} for a in acts])
+                for row, acts in zip(rows_of("greedy", rewards, start=start), actions)]
+
+    reference = played([1, 0, 0.5, 1], [["search[a]", "click[b]"], ["search[a]"], ["search[c]"], ["search[d]"]])
+    other = played([1, 0.5, 0.5], [["search[a]", "click[b]"], ["search[x]"], ["search[c]"]])
+    other.append({**other[0], "task_id": 7, "reward": None, "success": None, "error": "boom"})  # ignored
+    line = action_agreement(reference, other, resamples=100)
+    assert line["tasks"] == 3 and line["same_actions"] == 2  # task 3 is the reference's only
+    assert line["reference"] == pytest.approx(0.5) and line["other"] == pytest.approx(2 / 3)
+    assert line["reward_diff"] == pytest.approx(-1 / 6) and line["reward_diff_lo"] <= line["reward_diff"]
+    assert action_agreement(reference, [], resamples=100)["tasks"] == 0
