@@ -427,7 +427,7 @@ def test_qnet_training_features_share_tree_histories_and_equal_fresh_ones(tiny_d
     torch.manual_seed(0)
     backbone = AutoModel.from_pretrained(tiny_dir)
     model = QNetModel(backbone, ValueHead(backbone.config.hidden_size, 8), tiny_tokenizer(), max_length=400)
-    features = cached_features(model, rows)
+    features, _ = cached_features(model, rows)
     run = model.scored_tokens  # tokens the backbone ran for all rows
     with torch.inference_mode():
         fresh = torch.stack([model.features(r["prompt"], [r["completion"]])[0] for r in rows])
@@ -578,7 +578,7 @@ def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, t
     torch.manual_seed(0)
     backbone = AutoModel.from_pretrained(tiny_dir)
     model = QNetModel(backbone, ValueHead(backbone.config.hidden_size, 8), tiny_tokenizer(), max_length=400)
-    whole = cached_features(model, rows)
+    whole, _ = cached_features(model, rows)
     prompts = len({json.dumps(r["prompt"]) for r in rows})
     checkpoint = tmp_path / "features.partial.pt"
 
@@ -597,11 +597,14 @@ def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, t
     with pytest.raises(Interrupt):
         cached_features(model, rows, checkpoint=checkpoint, every=2)
     assert checkpoint.exists()
+    saved_seconds = torch.load(checkpoint, weights_only=True)["seconds"]
+    assert saved_seconds > 0  # the interrupted execution's feature time travels with its features
     calls.clear()
     model.features = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
-    resumed = cached_features(model, rows, checkpoint=checkpoint, every=2)
+    resumed, seconds = cached_features(model, rows, checkpoint=checkpoint, every=2)
     assert len(calls) == prompts - 4  # the 4 saved prompts were not encoded again
     assert torch.allclose(resumed, whole, atol=1e-4)
+    assert seconds > saved_seconds  # cumulative compute: the earlier execution's seconds plus this one's
 
     calls.clear()
     other = [dict(r, completion=[{"role": "assistant", "content": "Action: Search[z]"}]) for r in rows]
@@ -609,7 +612,7 @@ def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, t
     assert len(calls) == prompts
     checkpoint.write_bytes(b"not a torch file")
     calls.clear()
-    assert torch.allclose(cached_features(model, rows, checkpoint=checkpoint), whole, atol=1e-4)
+    assert torch.allclose(cached_features(model, rows, checkpoint=checkpoint)[0], whole, atol=1e-4)
     assert len(calls) == prompts
 
 

@@ -183,7 +183,7 @@ def bench_qnet_features(model: Any, tokenizer: Any, depth: int = 3, branching: i
     out: dict[str, torch.Tensor] = {}
 
     def shared() -> None:
-        out["shared"] = cached_features(qnet, rows)
+        out["shared"] = cached_features(qnet, rows)[0]
 
     def whole() -> None:  # one pass per distinct prompt, no cache; rows in groups' order
         out["whole"] = torch.cat([qnet.features(rows[ix[0]]["prompt"], [rows[i]["completion"] for i in ix])

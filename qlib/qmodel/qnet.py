@@ -115,7 +115,7 @@ def row_completion(row: dict[str, Any]) -> Any:
 
 
 def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]], *, checkpoint: Path | None = None,
-                    every: int = 100) -> torch.Tensor:
+                    every: int = 100) -> tuple[torch.Tensor, float]:
     """Features of every row: one backbone pass per distinct prompt, and each prompt pays only for what it
     does not share with the previous one.
 
@@ -128,25 +128,29 @@ def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]], *, checkpo
     WebShop run has thousands of states, each paying for its last observation): an interrupted run resumes
     after the saved prompts. A checkpoint of other rows or another backbone, or one that cannot be read, is
     ignored with a warning and the features are computed afresh.
+
+    Returns the features [rows, d] and the seconds they cost, summed over every execution that contributed
+    (the checkpoint carries the seconds of the saved prompts), so a resumed run reports its whole compute.
     """
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(message_key(row["prompt"]), []).append(i)
     order = sorted(groups.items())
     fingerprint = features_fingerprint(model, [(key, [row_completion(rows[i]) for i in idx]) for key, idx in order])
-    done = load_features_checkpoint(checkpoint, fingerprint) if checkpoint else []
+    done, before = load_features_checkpoint(checkpoint, fingerprint) if checkpoint else ([], 0.0)
     cache = PrefixCache()
+    start = time.perf_counter()
     with tqdm(total=len(order), initial=len(done), desc="qnet features") as bar:
         for _, indices in order[len(done):]:
             done.append(model.features(rows[indices[0]]["prompt"], [row_completion(rows[i]) for i in indices], cache))
             bar.update()
             if checkpoint and (len(done) % every == 0 or len(done) == len(order)):
-                save_features_checkpoint(checkpoint, fingerprint, done)
+                save_features_checkpoint(checkpoint, fingerprint, done, before + time.perf_counter() - start)
     features: list[torch.Tensor | None] = [None] * len(rows)
     for (_, indices), feats in zip(order, done):
         for i, f in zip(indices, feats):
             features[i] = f
-    return torch.stack(features)  # type: ignore[arg-type]
+    return torch.stack(features), before + time.perf_counter() - start  # type: ignore[arg-type]
 
 
 def features_fingerprint(model: QNetModel, groups: Sequence[tuple[Any, list[Any]]]) -> str:
@@ -157,29 +161,31 @@ def features_fingerprint(model: QNetModel, groups: Sequence[tuple[Any, list[Any]
     return digest.hexdigest()
 
 
-def save_features_checkpoint(path: Path, fingerprint: str, done: list[torch.Tensor]) -> None:
-    """The features of the first ``len(done)`` prompts (atomically: a half-written file never replaces one)."""
+def save_features_checkpoint(path: Path, fingerprint: str, done: list[torch.Tensor], seconds: float) -> None:
+    """The features of the first ``len(done)`` prompts and the seconds they cost (atomically: a half-written
+    file never replaces one)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"fingerprint": fingerprint, "features": [f.clone() for f in done]}, tmp)
+    torch.save({"fingerprint": fingerprint, "features": [f.clone() for f in done], "seconds": float(seconds)}, tmp)
     tmp.replace(path)
 
 
-def load_features_checkpoint(path: Path, fingerprint: str) -> list[torch.Tensor]:
-    """The saved features of the first prompts, or [] (no file, other rows or backbone, unreadable)."""
+def load_features_checkpoint(path: Path, fingerprint: str) -> tuple[list[torch.Tensor], float]:
+    """The saved features of the first prompts and their seconds, or ([], 0) (no file, other rows or
+    backbone, unreadable)."""
     if not path.exists():
-        return []
+        return [], 0.0
     try:
         saved = torch.load(path, weights_only=True)
-        features = list(saved["features"])
+        features, seconds = list(saved["features"]), float(saved.get("seconds", 0.0))
         matches = saved["fingerprint"] == fingerprint
     except Exception as err:  # a truncated or foreign file: start over, do not crash the stage
         log.warning("%s: unreadable features checkpoint (%s): computing the features afresh", path, err)
-        return []
+        return [], 0.0
     if not matches:
         log.warning("%s: features checkpoint of other rows or another backbone: computing afresh", path)
-        return []
-    log.info("%s: resuming after %d saved prompts", path, len(features))
-    return features
+        return [], 0.0
+    log.info("%s: resuming after %d saved prompts (%.0f s of features)", path, len(features), seconds)
+    return features, seconds
 
 
 def message_key(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
@@ -281,16 +287,18 @@ def run_qnet(
     head = ValueHead(backbone.config.hidden_size, config.qnet.hidden)
     model = QNetModel(backbone, head, tokenizer, max_length=config.dpo.max_length)
     targets = torch.tensor([float(row["q"]) for row in rows])
-    start = time.perf_counter()
+    start, earlier = time.perf_counter(), 0.0
     if config.qnet.freeze_backbone:
-        history = fit_head(head, cached_features(model, rows, checkpoint=out / FEATURES_CHECKPOINT), targets, config)
+        features, feature_seconds = cached_features(model, rows, checkpoint=out / FEATURES_CHECKPOINT)
+        earlier = feature_seconds - (time.perf_counter() - start)  # spent by executions before this one
+        history = fit_head(head, features, targets, config)
     else:
         history = fit_end_to_end(model, rows, targets, config)
     meta = {
         "kind": "qnet", "base_model": base_name, "hidden": config.qnet.hidden,
         "freeze_backbone": config.qnet.freeze_backbone, "max_length": config.dpo.max_length, "n_rows": len(rows),
         "rows_file": str(rows_file), "final_mse": history[-1]["mse"] if history else None,
-        "train_seconds": round(time.perf_counter() - start, 2), "dtype": "fp32", "config": config.to_dict(),
+        "train_seconds": round(earlier + time.perf_counter() - start, 2), "dtype": "fp32", "config": config.to_dict(),
     }
     save_qnet(model, out, meta, history)
     (out / FEATURES_CHECKPOINT).unlink(missing_ok=True)
