@@ -975,9 +975,11 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
                    methods: Sequence[str] = ("greedy",)) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 2's fine-tuning rows beside ``greedy`` and ``q`` (set ``test_methods``): each trained agent's
     episodes on the same test tasks, seeds and step limit, labelled by row (``<row>`` for greedy, else
-    ``<row>_<method>``). Returns (summary with the paper's number, paired ``q − row``)."""
+    ``<row>_<method>``). Returns (summary with the paper's number, paired differences): ``q − row`` (the
+    paper's claim) and ``row − greedy`` (did fine-tuning improve the agent it started from?), one line each."""
     from qlib import finetune as ft
     from qlib.export import GGUF_FILE
+    from qlib.stats import paired_differences
 
     episodes, labels = [], []
     for env_name in env_names():
@@ -993,6 +995,10 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
                 episodes.append(dict(got, method=label))
                 labels.append(label)
     summary, paired = results_table(episodes, config, others=list(dict.fromkeys(labels)) or None)
+    gains = [paired_differences(episodes, baseline=label, others=["greedy"],
+                                resamples=config.eval.bootstrap_resamples, seed=config.seed)
+             for label in dict.fromkeys(labels)]
+    paired = pd.concat([paired, *gains], ignore_index=True) if gains else paired
     return summary.merge(pd.DataFrame(paper_table2()), on=["env", "method"], how="left"), paired
 
 

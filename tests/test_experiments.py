@@ -390,3 +390,33 @@ def test_q_of_executed_actions_is_cached_beside_the_model(tmp_path):
     again = Counting()
     assert ex.q_values_of_episodes(again, rows, "webshop", max_actions=1, cache=cache).q.tolist() == [first.q[0], first.q[2]]
     assert again.calls == 0
+
+
+def test_finetune_table_pairs_q_against_each_row_and_each_row_against_greedy(tmp_path, monkeypatch):
+    """Table 2's fine-tuning rows: the paper's claim (`q − row`) and whether fine-tuning improved the agent it
+    started from (`row − greedy`), both paired over the same test tasks; an untrained row is left out."""
+    from qlib.config import load_config
+    from qlib.workbook import run_paths
+
+    monkeypatch.setenv("QLIB_RUNS", str(tmp_path))
+    paths = run_paths("smoke")
+    (paths.runs / "finetuned" / "webshop_rft").mkdir(parents=True)
+    (paths.runs / "finetuned" / "webshop_rft" / "qlib_config.json").write_text("{}")
+    rewards = {"greedy": [0.0, 1.0, 0.5], "q": [1.0, 1.0, 0.5], "rft": [1.0, 1.0, 1.0]}
+    calls = []
+
+    def fake_run(config, paths, env, set_name, methods=None, *, overrides=None, row=None, **kw):
+        calls.append((set_name, row))
+        names = [row] if set_name == "finetuned" else list(methods)
+        return [{"env": env, "split": "test", "task_id": t, "method": "greedy" if set_name == "finetuned" else m,
+                 "n": 5 if m == "q" else 1, "reward": r, "success": r == 1.0}
+                for m in names for t, r in enumerate(rewards[m])]
+
+    monkeypatch.setattr(ex, "run_episodes", fake_run)
+    monkeypatch.setattr(ex, "env_names", lambda: ["webshop"])
+    config = load_config("smoke", {"eval.bootstrap_resamples": 50})
+    summary, paired = ex.finetune_table(config, paths)
+    assert calls == [("test_methods", None), ("finetuned", "rft")]  # eto etc. are not trained: not played
+    assert set(summary.method) == {"greedy", "q", "rft"}
+    lines = {(line.baseline, line.other): line.reward_diff for line in paired.itertuples()}
+    assert lines == {("q", "rft"): pytest.approx(-1 / 6), ("rft", "greedy"): pytest.approx(0.5)}
