@@ -176,10 +176,23 @@ def finetune(row: str, data: Sequence[dict[str, Any]], out_dir: str | Path, conf
     meta = json.loads((out / CONFIG_FILE).read_text())
     data_tokens = meta.get("tokens") if row != "eto" else pair_tokens(out, meta)
     epochs = config.finetune.epochs
-    meta.update({"finetune": row, "data_rows": len(data), "data_tokens": data_tokens,
+    meta.update({"finetune": row, "data_rows": len(data), "data_tokens": data_tokens, "agent_dtype": agent_dtype(agent),
                  "train_tokens": data_tokens * epochs, "finetune_config": config.finetune.model_dump(mode="json")})
     atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def agent_dtype(agent: str | Path | None) -> str | None:
+    """The dtype the starting agent was trained in (``dtype`` of the clone's ``qlib_config.json``, beside or
+    above its model folder), or None (the embedded base, or no record). A clone retrained in fp32 on a CPU
+    without bf16 is a twin of the released bf16 one, not the same agent turn for turn (README, Stage 0), so a
+    fine-tuned row says which it started from."""
+    if agent is None:
+        return None
+    for folder in (Path(agent), Path(agent).parent):
+        if (folder / "qlib_config.json").is_file():
+            return json.loads((folder / "qlib_config.json").read_text()).get("dtype")
+    return None
 
 
 def pair_tokens(out: Path, meta: dict[str, Any]) -> int:

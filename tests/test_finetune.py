@@ -108,6 +108,7 @@ def test_rft_raises_the_likelihood_of_the_successful_trajectories(rft, agent):
     meta = json.loads((out / "qlib_config.json").read_text())
     assert meta["finetune"] == "rft" and meta["lora"] and meta["data_rows"] == 4
     assert meta["train_tokens"] == meta["data_tokens"] * 25 > 0 and meta["train_seconds"] > 0
+    assert meta["agent_dtype"] == finetune.agent_dtype(agent)  # which twin of the clone it started from
     merged = merged_dir(out)
     before = sequence_logprob(agent, rows[0]["messages"])
     after = sequence_logprob(merged, rows[0]["messages"])
@@ -234,3 +235,14 @@ def test_self_training_explores_and_learns_from_train_tasks_only(tmp_path):
                                                        history[-1][0], icl=False)
     with pytest.raises(ValueError, match="train episodes"):
         finetune.episode_demos([dict(rows[0], split="test")], config)
+
+
+def test_agent_dtype_reads_the_clones_record_beside_or_above_its_model(tmp_path):
+    clone = tmp_path / "clone"
+    (clone / "model").mkdir(parents=True)
+    assert finetune.agent_dtype(clone / "model") is None  # no record
+    (clone / "qlib_config.json").write_text(json.dumps({"dtype": "fp32"}))
+    assert finetune.agent_dtype(clone / "model") == "fp32"  # a full clone: model/ under the clone's folder
+    (clone / "model" / "qlib_config.json").write_text(json.dumps({"dtype": "bf16"}))
+    assert finetune.agent_dtype(clone / "model") == "bf16"  # the folder's own record first
+    assert finetune.agent_dtype(None) is None  # the embedded base
