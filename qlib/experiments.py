@@ -998,7 +998,7 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
     gains = [paired_differences(episodes, baseline=label, others=["greedy"],
                                 resamples=config.eval.bootstrap_resamples, seed=config.seed)
              for label in dict.fromkeys(labels)]
-    paired = pd.concat([paired, *gains], ignore_index=True) if gains else paired
+    paired = pd.concat([paired, *gains], ignore_index=True)
     return summary.merge(pd.DataFrame(paper_table2()), on=["env", "method"], how="left"), paired
 
 

@@ -512,7 +512,6 @@ def test_bench_episode_cache_runs_on_a_tiny_model(tok):
     assert result["max_abs_diff"] < 1e-4 and result["tokens_run_ratio"] < 0.7 and result["speedup"] > 0
 
 
-
 def test_bench_qnet_features_runs_on_a_tiny_model(tok):
     """The shared-history feature pass gives the features of encoding every prompt whole, row for row."""
     from qlib.bench.qmodel import bench_qnet_features
@@ -520,6 +519,7 @@ def test_bench_qnet_features_runs_on_a_tiny_model(tok):
     result = bench_qnet_features(tiny_llama(tok), tok, depth=2, branching=2, step_tokens=30)
     assert result["rows"] > result["distinct_prompts"] > 1
     assert result["max_abs_diff"] < 1e-4 and result["speedup"] > 0
+
 
 def test_truncation_with_system_message_and_no_instruction_head(tok):
     from qlib.qmodel.format import droppable_units

@@ -287,18 +287,21 @@ def run_qnet(
     head = ValueHead(backbone.config.hidden_size, config.qnet.hidden)
     model = QNetModel(backbone, head, tokenizer, max_length=config.dpo.max_length)
     targets = torch.tensor([float(row["q"]) for row in rows])
-    start, earlier = time.perf_counter(), 0.0
+    start = time.perf_counter()
     if config.qnet.freeze_backbone:
-        features, feature_seconds = cached_features(model, rows, checkpoint=out / FEATURES_CHECKPOINT)
-        earlier = feature_seconds - (time.perf_counter() - start)  # spent by executions before this one
+        # the features' seconds, including earlier executions' when the feature pass was resumed; the clock
+        # then times the head alone
+        features, seconds = cached_features(model, rows, checkpoint=out / FEATURES_CHECKPOINT)
+        start = time.perf_counter()
         history = fit_head(head, features, targets, config)
     else:
+        seconds = 0.0
         history = fit_end_to_end(model, rows, targets, config)
     meta = {
         "kind": "qnet", "base_model": base_name, "hidden": config.qnet.hidden,
         "freeze_backbone": config.qnet.freeze_backbone, "max_length": config.dpo.max_length, "n_rows": len(rows),
         "rows_file": str(rows_file), "final_mse": history[-1]["mse"] if history else None,
-        "train_seconds": round(earlier + time.perf_counter() - start, 2), "dtype": "fp32", "config": config.to_dict(),
+        "train_seconds": round(seconds + time.perf_counter() - start, 2), "dtype": "fp32", "config": config.to_dict(),
     }
     save_qnet(model, out, meta, history)
     (out / FEATURES_CHECKPOINT).unlink(missing_ok=True)
