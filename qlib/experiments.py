@@ -976,28 +976,47 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
     """Table 2's fine-tuning rows beside ``greedy`` and ``q`` (set ``test_methods``): each trained agent's
     episodes on the same test tasks, seeds and step limit, labelled by row (``<row>`` for greedy, else
     ``<row>_<method>``). Returns (summary with the paper's number, paired differences): ``q − row`` (the
-    paper's claim) and ``row − greedy`` (did fine-tuning improve the agent it started from?), one line each."""
+    paper's claim) and ``row − greedy`` (did fine-tuning improve the agent it started from?), one line each.
+
+    ``greedy`` is the released clone's. A row trained from a retrained clone (its ``agent_dtype``, e.g. fp32 on
+    a CPU without bf16) grew from a near twin of it (:func:`clone_twin_check`); when that twin's greedy
+    episodes exist (``episodes/twin_<dtype>_greedy_<env>.jsonl``) a third line ``row − twin_<dtype>`` pairs the
+    row with the agent it really started from."""
     from qlib import finetune as ft
     from qlib.export import GGUF_FILE
+    from qlib.io import read_jsonl
     from qlib.stats import paired_differences
 
-    episodes, labels = [], []
+    episodes, labels, twins = [], [], []
     for env_name in env_names():
         episodes += run_episodes(config, paths, env_name, "test_methods", ["greedy", "q"])
         for row in rows or ft.ROWS:
             out = paths.runs / "finetuned" / f"{env_name}_{row}"
             if not (out / "qlib_config.json").is_file():
                 continue
+            dtype = json.loads((out / "qlib_config.json").read_text()).get("agent_dtype")
+            twin_file = paths.episode_set("clone_twin", env_name, dtype=dtype.split("-")[0]) if dtype else None
+            if twin_file is not None and twin_file.is_file():
+                twin = f"twin_{dtype.split('-')[0]}"
+                twins.append((env_name, row, twin))
+                if not any(e["method"] == twin and e["env"] == env_name for e in episodes):
+                    episodes += [dict(r, method=twin) for r in read_jsonl(twin_file)
+                                 if r.get("method") == "greedy" and r.get("split") == "test"]
             # exported when an episode needs it (qlib.export.gguf_for): released episodes rerun without the clone
             model = {**EPISODE_SETS["finetuned"].overrides, "policy.model": str(out / GGUF_FILE)}
             for got in run_episodes(config, paths, env_name, "finetuned", methods, overrides=model, row=row):
                 label = row if got["method"] == "greedy" else f"{row}_{got['method']}"
                 episodes.append(dict(got, method=label))
                 labels.append(label)
-    summary, paired = results_table(episodes, config, others=list(dict.fromkeys(labels)) or None)
+    twin_labels = {twin for _, _, twin in twins}
+    summary, paired = results_table([e for e in episodes if e["method"] not in twin_labels], config,
+                                    others=list(dict.fromkeys(labels)) or None)
     gains = [paired_differences(episodes, baseline=label, others=["greedy"],
                                 resamples=config.eval.bootstrap_resamples, seed=config.seed)
              for label in dict.fromkeys(labels)]
+    gains += [paired_differences([e for e in episodes if e["env"] == env_name], baseline=row, others=[twin],
+                                 resamples=config.eval.bootstrap_resamples, seed=config.seed)
+              for env_name, row, twin in twins]
     paired = pd.concat([paired, *gains], ignore_index=True)
     return summary.merge(pd.DataFrame(paper_table2()), on=["env", "method"], how="left"), paired
 

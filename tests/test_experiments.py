@@ -392,6 +392,20 @@ def test_q_of_executed_actions_is_cached_beside_the_model(tmp_path):
     assert again.calls == 0
 
 
+def fake_finetune_episodes(rewards: dict[str, list[float]], calls: list | None = None):
+    """A stand-in for ``ex.run_episodes``: per-task rewards of greedy, q (n=5) and each fine-tuned row."""
+
+    def fake_run(config, paths, env, set_name, methods=None, *, overrides=None, row=None, **kw):
+        if calls is not None:
+            calls.append((set_name, row))
+        names = [row] if set_name == "finetuned" else list(methods)
+        return [{"env": env, "split": "test", "task_id": t, "method": "greedy" if set_name == "finetuned" else m,
+                 "n": 5 if m == "q" else 1, "reward": r, "success": r == 1.0}
+                for m in names for t, r in enumerate(rewards[m])]
+
+    return fake_run
+
+
 def test_finetune_table_pairs_q_against_each_row_and_each_row_against_greedy(tmp_path, monkeypatch):
     """Table 2's fine-tuning rows: the paper's claim (`q − row`) and whether fine-tuning improved the agent it
     started from (`row − greedy`), both paired over the same test tasks; an untrained row is left out."""
@@ -402,17 +416,9 @@ def test_finetune_table_pairs_q_against_each_row_and_each_row_against_greedy(tmp
     paths = run_paths("smoke")
     (paths.runs / "finetuned" / "webshop_rft").mkdir(parents=True)
     (paths.runs / "finetuned" / "webshop_rft" / "qlib_config.json").write_text("{}")
-    rewards = {"greedy": [0.0, 1.0, 0.5], "q": [1.0, 1.0, 0.5], "rft": [1.0, 1.0, 1.0]}
     calls = []
-
-    def fake_run(config, paths, env, set_name, methods=None, *, overrides=None, row=None, **kw):
-        calls.append((set_name, row))
-        names = [row] if set_name == "finetuned" else list(methods)
-        return [{"env": env, "split": "test", "task_id": t, "method": "greedy" if set_name == "finetuned" else m,
-                 "n": 5 if m == "q" else 1, "reward": r, "success": r == 1.0}
-                for m in names for t, r in enumerate(rewards[m])]
-
-    monkeypatch.setattr(ex, "run_episodes", fake_run)
+    monkeypatch.setattr(ex, "run_episodes", fake_finetune_episodes(
+        {"greedy": [0.0, 1.0, 0.5], "q": [1.0, 1.0, 0.5], "rft": [1.0, 1.0, 1.0]}, calls))
     monkeypatch.setattr(ex, "env_names", lambda: ["webshop"])
     config = load_config("smoke", {"eval.bootstrap_resamples": 50})
     summary, paired = ex.finetune_table(config, paths)
@@ -420,3 +426,30 @@ def test_finetune_table_pairs_q_against_each_row_and_each_row_against_greedy(tmp
     assert set(summary.method) == {"greedy", "q", "rft"}
     lines = {(line.baseline, line.other): line.reward_diff for line in paired.itertuples()}
     assert lines == {("q", "rft"): pytest.approx(-1 / 6), ("rft", "greedy"): pytest.approx(0.5)}
+
+
+def test_finetune_table_pairs_a_row_grown_from_a_twin_with_that_twin(tmp_path, monkeypatch):
+    """A row whose agent was a retrained clone (``agent_dtype`` fp32) is also paired with that clone's own greedy
+    episodes (``twin_fp32_greedy``); a row without the record, or whose twin did not play, gets no such line."""
+    from qlib.config import load_config
+    from qlib.io import write_jsonl
+    from qlib.workbook import run_paths
+
+    monkeypatch.setenv("QLIB_RUNS", str(tmp_path))
+    paths = run_paths("smoke")
+    for row, meta in (("rft", {"agent_dtype": "fp32"}), ("eto", {}), ("agentevol", {"agent_dtype": "bf16-autocast"})):
+        (paths.runs / "finetuned" / f"webshop_{row}").mkdir(parents=True)
+        (paths.runs / "finetuned" / f"webshop_{row}" / "qlib_config.json").write_text(json.dumps(meta))
+    rewards = {"greedy": [0.0, 1.0, 0.5], "q": [1.0, 1.0, 0.5], "rft": [1.0, 1.0, 1.0], "eto": [0.0, 0.0, 0.0],
+               "agentevol": [0.5, 0.5, 0.5]}
+    twin_file = paths.episode_set("clone_twin", "webshop", dtype="fp32")
+    twin_file.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl([{"env": "webshop", "split": "test", "task_id": t, "method": "greedy", "n": 1, "reward": r,
+                  "success": r == 1.0} for t, r in enumerate([0.0, 0.0, 1.0])], twin_file)
+    monkeypatch.setattr(ex, "run_episodes", fake_finetune_episodes(rewards))
+    monkeypatch.setattr(ex, "env_names", lambda: ["webshop"])
+    summary, paired = ex.finetune_table(load_config("smoke", {"eval.bootstrap_resamples": 50}), paths)
+    lines = {(line.baseline, line.other): line.reward_diff for line in paired.itertuples()}
+    assert lines[("rft", "twin_fp32")] == pytest.approx(2 / 3)  # (1 + 1 + 0) / 3
+    assert [k for k in lines if "twin_fp32" in k] == [("rft", "twin_fp32")]  # eto: no record; agentevol: no bf16 twin
+    assert "twin_fp32" not in set(summary.method)  # the twin is a comparison, not a Table 2 row
