@@ -994,10 +994,10 @@ def finetune_table(config: Config, paths: RunPaths, *, rows: Sequence[str] | Non
             out = paths.runs / "finetuned" / f"{env_name}_{row}"
             if not (out / "qlib_config.json").is_file():
                 continue
-            dtype = json.loads((out / "qlib_config.json").read_text()).get("agent_dtype")
-            twin_file = paths.episode_set("clone_twin", env_name, dtype=dtype.split("-")[0]) if dtype else None
-            if twin_file is not None and twin_file.is_file():
-                twin = f"twin_{dtype.split('-')[0]}"
+            dtype = (json.loads((out / "qlib_config.json").read_text()).get("agent_dtype") or "").split("-")[0]
+            twin_file = paths.episode_set("clone_twin", env_name, dtype=dtype)  # as clone_twin_check names it
+            if dtype and twin_file.is_file():
+                twin = f"twin_{dtype}"
                 twins.append((env_name, row, twin))
                 if not any(e["method"] == twin and e["env"] == env_name for e in episodes):
                     episodes += [dict(r, method=twin) for r in read_jsonl(twin_file)
