@@ -578,7 +578,8 @@ def test_recorded_steps_rebuild_the_prompt_of_steps_with_a_choice():
 
 def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, tmp_path):
     """An interrupted feature pass resumes after the prompts it saved (only the rest run again); a checkpoint
-    of other rows or a corrupt file is ignored and the features are computed afresh."""
+    of other rows, of other backbone weights at the same path, or a corrupt file is ignored and the features
+    are computed afresh."""
     from transformers import AutoModel
 
     from qlib.qmodel.qnet import QNetModel, ValueHead, cached_features
@@ -619,7 +620,15 @@ def test_qnet_features_resume_from_a_checkpoint_and_ignore_a_bad_one(tiny_dir, t
     other = [dict(r, completion=[{"role": "assistant", "content": "Action: Search[z]"}]) for r in rows]
     cached_features(model, other, checkpoint=checkpoint)  # the saved features belong to other actions
     assert len(calls) == prompts
+    cached_features(model, rows, checkpoint=checkpoint, every=2)  # a complete checkpoint of these rows ...
+    calls.clear()
+    with torch.no_grad():
+        next(backbone.parameters()).view(-1)[0] += 1e-3  # ... is not this backbone's: a retrained twin, same path
+    cached_features(model, rows, checkpoint=checkpoint)
+    assert len(calls) == prompts
     checkpoint.write_bytes(b"not a torch file")
+    with torch.no_grad():
+        next(backbone.parameters()).view(-1)[0] -= 1e-3
     calls.clear()
     assert torch.allclose(cached_features(model, rows, checkpoint=checkpoint)[0], whole, atol=1e-4)
     assert len(calls) == prompts

@@ -126,8 +126,8 @@ def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]], *, checkpo
 
     With a ``checkpoint`` file the features computed so far are saved there every ``every`` prompts (a
     WebShop run has thousands of states, each paying for its last observation): an interrupted run resumes
-    after the saved prompts. A checkpoint of other rows or another backbone, or one that cannot be read, is
-    ignored with a warning and the features are computed afresh.
+    after the saved prompts. A checkpoint of other rows or another backbone (other weights at the same path
+    included), or one that cannot be read, is ignored with a warning and the features are computed afresh.
 
     Returns the features [rows, d] and the seconds they cost, summed over every execution that contributed
     (the checkpoint carries the seconds of the saved prompts), so a resumed run reports its whole compute.
@@ -154,8 +154,12 @@ def cached_features(model: QNetModel, rows: Sequence[dict[str, Any]], *, checkpo
 
 
 def features_fingerprint(model: QNetModel, groups: Sequence[tuple[Any, list[Any]]]) -> str:
-    """What a features checkpoint belongs to: the backbone, the encoder's length cap and every prompt and action."""
+    """What a features checkpoint belongs to: the backbone's weights (not only its folder: a clone retrained on
+    a fresh machine is a near twin at the same path), the encoder's length cap and every prompt and action."""
     digest = hashlib.sha256(repr((getattr(model.backbone.config, "_name_or_path", ""), model.max_length)).encode())
+    for name, tensor in model.backbone.state_dict().items():  # ≈ 1 s for 135M parameters
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     for key, completions in groups:
         digest.update(json.dumps([key, completions], sort_keys=True).encode())
     return digest.hexdigest()
