@@ -20,6 +20,7 @@ Output folder (the layout of the DPO Q models, so export and loading code is sha
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -34,6 +35,7 @@ from qlib.io import read_jsonl
 from qlib.qmodel.dpo import (CHECKPOINT_STEPS, CONFIG_FILE, bf16_supported, lora_config, resolve_base,
                              resume_training, run_fingerprint, save_dpo)
 from qlib.qmodel.format import encode, task_index
+from qlib.qmodel.scorer import hash_weights
 
 METRIC_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "num_tokens", "mean_token_accuracy")
 IGNORE = -100
@@ -189,11 +191,12 @@ def train_clone(
     bf16 = cfg.bf16 and bf16_supported()
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base_weights = hash_weights(hashlib.sha256(), model).hexdigest()  # before LoRA wraps it
     make = weighted_sft_trainer if "weight" in dataset.column_names else SFTTrainer
     trainer = make(model=model, args=sft_args(config, out, bf16=bf16, max_steps=max_steps),
                    train_dataset=dataset, processing_class=tokenizer,
                    peft_config=lora_config(cfg) if cfg.lora else None)
-    fingerprint = run_fingerprint("sft", base_name, cfg.model_dump(mode="json"), config.seed, rows)
+    fingerprint = run_fingerprint("sft", base_name, base_weights, cfg.model_dump(mode="json"), config.seed, rows)
     checkpoint, clock = resume_training(trainer, out, fingerprint, METRIC_KEYS)
     base_meta = {"kind": "sft", "lora": cfg.lora, "base_model": base_name, "demos_file": str(demos_file),
                  "dtype": "bf16-autocast" if bf16 else "fp32", "seed": config.seed, **stats,

@@ -218,6 +218,22 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_dir, demo
     with open(out / "metrics.csv") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3]  # each step once
     assert meta["train_seconds"] > 0
+    # a checkpoint grown from other starting weights at the same path (a fine-tuning row of a clone that was
+    # retrained since, on a fresh machine) is not resumed
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base, grown = shutil.copytree(tiny_dir, tmp_path / "base"), tmp_path / "grown"
+    with monkeypatch.context() as patch:
+        patch.setattr(clone.CurveCallback, "on_step_end", crash)
+        with pytest.raises(KeyboardInterrupt):
+            clone.train_clone(demo_files["hotpotqa"], grown, config, model_path=base, limit=3)
+    weights = load_file(base / "model.safetensors")
+    first = next(iter(weights))
+    save_file({**weights, first: weights[first] + 1e-3}, str(base / "model.safetensors"), metadata={"format": "pt"})
+    clone.train_clone(demo_files["hotpotqa"], grown, config, model_path=base, limit=3)
+    assert json.loads((grown / "qlib_config.json").read_text())["resumed_from"] is None
     # the released artifact: a bf16 adapter that restores into a clone folder only for the same settings
     from safetensors.torch import load_file
 

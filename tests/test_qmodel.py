@@ -350,6 +350,23 @@ def test_an_interrupted_dpo_run_resumes_from_its_checkpoint_only_with_the_same_s
     assert json.loads((other / "qlib_config.json").read_text())["resumed_from"] is None
     assert "other settings or data" in caplog.text
 
+    # nor one of other starting weights in the same folder (a clone retrained on a fresh machine)
+    import shutil
+
+    from safetensors.torch import save_file
+
+    base = shutil.copytree(tiny_dir, tmp_path / "base")
+    twin = tmp_path / "twin"
+    with monkeypatch.context() as patch:
+        patch.setattr(dpo.MetricsCallback, "on_step_end", crash, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            dpo.train_dpo(pairs_file, twin, config, model_path=base, max_steps=4)
+    weights = load_file(base / "model.safetensors")
+    first = next(iter(weights))
+    save_file({**weights, first: weights[first] + 1e-3}, str(base / "model.safetensors"), metadata={"format": "pt"})
+    dpo.train_dpo(pairs_file, twin, config, model_path=base, max_steps=4)
+    assert json.loads((twin / "qlib_config.json").read_text())["resumed_from"] is None
+
 
 def test_dpo_full_finetune_round_trip_and_trajectory_pairs(tok, tiny_dir, tmp_path):
     import shutil

@@ -34,7 +34,7 @@ from trl.trainer.utils import use_adapter
 from qlib.config import Config
 from qlib.io import atomic_write_text, read_jsonl
 from qlib.qmodel.format import fit_pair
-from qlib.qmodel.scorer import completion_logits
+from qlib.qmodel.scorer import completion_logits, hash_weights
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "qlib_config.json"
@@ -240,7 +240,8 @@ def resume_training(trainer: Any, out_dir: Path, fingerprint: str, keys: tuple[s
 
 
 def run_fingerprint(*parts: Any) -> str:
-    """What a training run's checkpoints belong to: a hash of its settings and data (JSON-serialisable parts)."""
+    """What a training run's checkpoints belong to: a hash of its settings, data and starting weights
+    (JSON-serialisable parts; the weights as :func:`~qlib.qmodel.scorer.hash_weights`' hex digest)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -396,8 +397,9 @@ def run_dpo(
     bf16 = config.dpo.bf16 and bf16_supported()
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base_weights = hash_weights(hashlib.sha256(), model).hexdigest()
     trainer = make_trainer(model, tokenizer, dataset, config, out, bf16=bf16, max_steps=max_steps)
-    fingerprint = run_fingerprint("dpo", base_name, config.dpo.model_dump(mode="json"), config.seed, rows)
+    fingerprint = run_fingerprint("dpo", base_name, base_weights, config.dpo.model_dump(mode="json"), config.seed, rows)
     checkpoint, clock = resume_training(trainer, out, fingerprint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     meta = {

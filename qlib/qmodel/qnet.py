@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from qlib.config import Config
 from qlib.qmodel.format import Encoded, Message, encode
-from qlib.qmodel.scorer import PrefixCache, model_dtype, packed_inputs, pad_right, prefill
+from qlib.qmodel.scorer import PrefixCache, hash_weights, model_dtype, packed_inputs, pad_right, prefill
 
 CONFIG_FILE = "qlib_config.json"
 FEATURES_CHECKPOINT = "features.partial.pt"  # features computed so far by an unfinished training run
@@ -157,9 +157,7 @@ def features_fingerprint(model: QNetModel, groups: Sequence[tuple[Any, list[Any]
     """What a features checkpoint belongs to: the backbone's weights (not only its folder: a clone retrained on
     a fresh machine is a near twin at the same path), the encoder's length cap and every prompt and action."""
     digest = hashlib.sha256(repr((getattr(model.backbone.config, "_name_or_path", ""), model.max_length)).encode())
-    for name, tensor in model.backbone.state_dict().items():  # ≈ 1 s for 135M parameters
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    hash_weights(digest, model.backbone)
     for key, completions in groups:
         digest.update(json.dumps([key, completions], sort_keys=True).encode())
     return digest.hexdigest()
