@@ -269,6 +269,10 @@ class EvalConfig(Section):
         0, ge=0, description="test tasks per ablation run (notebooks 05, 06); 0 = the env's test_tasks"
     )
     bootstrap_resamples: int = Field(10_000, ge=1, description="resamples of the bootstrap confidence intervals")
+    reuse_only: bool = Field(
+        False, description="report from the finished episode rows on disk (e.g. a restored release) without "
+        "computing: no episode runs (a task without a finished row is left out of the tables, with a warning: "
+        "each table's `tasks` column says how many it holds) and no missing fine-tuned agent is trained")
     lookahead_peek_reward: bool = Field(
         False, description="qnet_lookahead (QLASS): a candidate whose look-ahead step ends the episode is scored "
         "by the environment's true reward instead of the QNet. It reads the reward at test time (an oracle "

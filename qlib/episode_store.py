@@ -17,6 +17,7 @@ from qlib.io import read_jsonl
 
 RESULT_KEY = ("env", "split", "task_id", "method", "n", "seed", "prompt", "icl", "temperature")
 FINGERPRINT = ("policy", "agent", "max_steps")  # must match between a file's rows and a resumed run
+ANY = "*"  # a fingerprint value of a run that only reads (eval.reuse_only) and cannot know it: matches any row's
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -41,7 +42,7 @@ def row_key(row: dict[str, Any]) -> tuple:
 def fingerprint_diff(row: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The fingerprint fields where ``row`` differs from the run ``meta``: {key: (row's, run's)}."""
     keys = FINGERPRINT + (("qmodel",) if row.get("method") in SCORED else ())
-    return {k: (row.get(k), meta[k]) for k in keys if row.get(k) != meta[k]}
+    return {k: (row.get(k), meta[k]) for k in keys if meta[k] != ANY and row.get(k) != meta[k]}
 
 
 def shared_rows(sources: list[Path], meta: dict[str, Any], tasks: list[int]) -> dict[int, dict[str, Any]]:

@@ -31,7 +31,7 @@ from qlib.config import Config, load_config, parse_overrides
 from qlib.envs.base import Environment, check_split
 from qlib.envs.registry import env_names
 from qlib.io import append_jsonl
-from qlib.episode_store import is_result, resume, shared_rows
+from qlib.episode_store import ANY, is_result, resume, shared_rows
 from qlib.episodes import (
     METHODS, SCORED, SINGLE, FatalEvalError, Render, Runner, is_success, run_best_of_n, run_episode,
 )
@@ -155,17 +155,21 @@ def evaluate(
     done = resume(out, meta, tasks)
     copies = shared_rows([Path(p) for p in shared], meta, [t for t in tasks if t not in done])
     for task_id, row in copies.items():
-        if out is not None:
+        if out is not None and not config.eval.reuse_only:  # reuse_only reads, it writes nothing
             append_jsonl(out, row)
         done[task_id] = row
     todo = [t for t in tasks if t not in done]
+    log.info("%s/%s %s n=%d: %d tasks, %d already done",
+             env_name, split, method, k, len(tasks), len(tasks) - len(todo))
+    if todo and config.eval.reuse_only:
+        log.warning("%s/%s %s n=%d: %d of %d tasks have no finished row and are left out (eval.reuse_only)",
+                    env_name, split, method, k, len(todo), len(tasks))
+        todo = []
     if todo and method in SCORED:
         from qlib.qmodel.api import LazyQModel
 
         if isinstance(q_model, LazyQModel):  # read it now: a missing base stops here, not as one error row per task
             q_model.model()
-    log.info("%s/%s %s n=%d: %d tasks, %d already done",
-             env_name, split, method, k, len(tasks), len(tasks) - len(todo))
     failed = run_tasks(runner, todo, meta, done, out, workers, env_factory)
     if failed:
         log.warning("%d episode(s) failed (error rows written); run again to retry them", failed)
@@ -179,11 +183,21 @@ def peeks(method: str, config: Config) -> bool:
 
 def row_meta(env_name: str, split: str, method: str, n: int, config: Config, max_steps: int,
              qmodel: str | None) -> dict[str, Any]:
-    """The fields every row of this run starts with (its resume key and configuration fingerprint)."""
-    from qlib.export import agent_identity, model_label
+    """The fields every row of this run starts with (its resume key and configuration fingerprint).
 
+    With ``eval.reuse_only`` (nothing runs) on a machine without the clone, whose identity is read from its
+    folder, the agent is :data:`~qlib.episode_store.ANY`: the rows on disk are reported whichever clone made
+    them (each was checked against its file's rows when it was written)."""
+    from qlib.export import CloneNotFoundError, agent_identity, model_label
+
+    try:
+        agent = agent_identity(config.policy, env_name)
+    except CloneNotFoundError:
+        if not config.eval.reuse_only:
+            raise
+        agent = ANY
     return {"env": env_name, "split": split, "method": method, "n": n, "seed": config.seed,
-            "policy": model_label(config.policy.model), "agent": agent_identity(config.policy, env_name),
+            "policy": model_label(config.policy.model), "agent": agent,
             "prompt": config.policy.prompt, "icl": config.policy.icl,
             "temperature": 0.0 if method == "greedy" else config.policy.temperature, "max_steps": max_steps,
             "qmodel": qmodel}

@@ -957,6 +957,9 @@ def finetune_agents(config: Config, paths: RunPaths, *, rows: Sequence[str] | No
         for row in rows or ft.ROWS:
             out = paths.runs / "finetuned" / f"{env_name}_{row}"
             trained = (out / "qlib_config.json").is_file()
+            if not trained and config.eval.reuse_only:
+                lines.append({"env": env_name, "row": row, "trained": False, "note": "not trained (eval.reuse_only)"})
+                continue
             data, spent = ([], {}) if trained else finetune_data(config, paths, env_name, row)
             if not data and not trained:
                 why = "no Q model to guide the exploration" if row == "qstar_st" and not spent else "no training data"

@@ -328,6 +328,39 @@ def test_resume_skips_finished_episodes_and_a_torn_last_line(config, tmp_path):
     assert len(other) == 2 and len(load_results(out)) == 8
 
 
+def test_reuse_only_reports_the_finished_rows_and_runs_no_episode(config, tmp_path, caplog):
+    """eval.reuse_only: the rows on disk come back for the tasks that have one; the others are left out with a
+    warning, and neither the environment nor the policy is asked for anything."""
+    from qlib.config import with_overrides
+
+    out = tmp_path / "eval.jsonl"
+    finished = run("sampled", config, SeededPolicy(), out=out, limit=3)
+
+    class NoPolicy:
+        def __getattr__(self, name):
+            raise AssertionError(f"reuse_only asked the policy for {name}")
+
+    env = GuessEnv()
+    with caplog.at_level("WARNING", logger="qlib.evaluate"):
+        rows = run("sampled", with_overrides(config, {"eval.reuse_only": True}), NoPolicy(), out=out, limit=5, env=env)
+    assert strip(rows) == strip(finished) and env.reset_calls == 0
+    assert "2 of 5 tasks have no finished row" in caplog.text
+    assert len(load_results(out)) == 3  # nothing appended
+
+    # a fresh machine with the release but not the clone (its identity lives in its folder): the clone's rows
+    # are reported whichever clone made them; running them would need the clone, and says so
+    from qlib.export import CloneNotFoundError
+    from qlib.io import write_jsonl
+
+    cloned = tmp_path / "cloned.jsonl"
+    write_jsonl([dict(r, policy="smollm2-135m-bc", agent="full-12345678") for r in load_results(out)], cloned)
+    no_clone = with_overrides(config, {"policy.model": "smollm2-135m-bc", "policy.clones": str(tmp_path / "none")})
+    rows = run("sampled", with_overrides(no_clone, {"eval.reuse_only": True}), NoPolicy(), out=cloned, limit=5)
+    assert [r["agent"] for r in rows] == ["full-12345678"] * 3
+    with pytest.raises(CloneNotFoundError):
+        run("sampled", no_clone, NoPolicy(), out=cloned, limit=5)
+
+
 def test_resume_refuses_another_configuration(config, tmp_path):
     out = tmp_path / "eval.jsonl"
     run("sampled", config, SeededPolicy(), out=out, limit=2)

@@ -348,6 +348,23 @@ def test_a_trained_fine_tuning_row_is_reused_without_the_agent_it_was_trained_on
     assert lines[["row", "trained", "data_rows", "train_seconds"]].values.tolist() == [["rft", True, 3, 1.5]]
 
 
+def test_reuse_only_reports_trained_fine_tuning_rows_and_trains_none(tmp_path, monkeypatch):
+    """eval.reuse_only (a report from a restored release): a trained row is listed, a missing one is neither
+    given data nor trained, and says why."""
+    from qlib.config import load_config
+    from qlib.workbook.layout import RunPaths
+
+    config = load_config("cpu", {"eval.reuse_only": True})
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    out = paths.runs / "finetuned" / "webshop_rft"
+    out.mkdir(parents=True)
+    (out / "qlib_config.json").write_text(json.dumps({"finetune": "rft", "data_rows": 3, "train_seconds": 1.5}))
+    monkeypatch.setattr(ex, "finetune_data", lambda *a, **k: pytest.fail("reuse_only gathered training data"))
+    lines = ex.finetune_agents(config, paths, rows=["rft", "agentevol"], envs=["webshop"])
+    assert lines[["row", "trained", "note"]].values.tolist() == [
+        ["rft", True, ""], ["agentevol", False, "not trained (eval.reuse_only)"]]
+
+
 def test_ood_trees_are_played_by_the_profiles_second_agent_unless_one_is_given(monkeypatch, tmp_path):
     from qlib.config import load_config
     from qlib.workbook.layout import RunPaths

@@ -67,6 +67,21 @@ def test_setup_returns_the_profiles_config_and_paths(tmp_path, monkeypatch, caps
     wb.save_table(pd.DataFrame({"a": [1]}), "demo", caption="bound")
     entry = json.loads((wb.paths.results / "manifest.json").read_text())["demo"]
     assert (entry["notebook"], entry["seed"], entry["caption"]) == ("99_demo", 0, "bound")
+    # what a table was made with travels with it: the overrides into the manifest and the results README
+    assert entry["overrides"] == {"mcts.iterations": 3}
+    assert "| smoke + `mcts.iterations=3` |" in workbook.write_results_readme("smoke").read_text()
+
+
+def test_workbook_runner_passes_set_overrides_to_every_notebook(monkeypatch):
+    from qlib.workbook import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_notebook", lambda nb, profile, parameters=None: calls.append(
+        (nb.stem, profile, parameters)) or 0.0)
+    assert runner.main(["--profile", "cpu", "--only", "04_evaluate", "--set", "eval.reuse_only=true",
+                        "--no-report"]) == 0
+    assert calls == [("04_evaluate", "cpu", {"overrides": {"eval.reuse_only": "true"}})]
+    assert runner.main(["--only", "04_evaluate", "--set", "eval.reuse_only", "--no-report"]) == 2
 
 
 def test_cumulative_compute_accumulates_over_executions(paths):

@@ -23,6 +23,7 @@ class Workbook:
     config: Any  # qlib.config.Config
     paths: RunPaths
     notebook: str
+    overrides: Mapping[str, Any] | None = None  # the notebook's config overrides, recorded with what it saves
 
     @property
     def seed(self) -> int:
@@ -31,12 +32,12 @@ class Workbook:
     def save_table(self, df: Any, name: str, *, caption: str = "", paper: str | None = None) -> Path:
         """Save ``df`` as table ``name`` (CSV + markdown) and record it in the manifest."""
         return report.save_table(df, name, self.paths, seed=self.seed, notebook=self.notebook, caption=caption,
-                                 paper=paper)
+                                 paper=paper, overrides=self.overrides)
 
     def save_figure(self, fig: Any, name: str, *, caption: str = "", paper: str | None = None) -> Path:
         """Save ``fig`` as figure ``name`` (PNG) and record it in the manifest."""
         return report.save_figure(fig, name, self.paths, seed=self.seed, notebook=self.notebook, caption=caption,
-                                  paper=paper)
+                                  paper=paper, overrides=self.overrides)
 
     @staticmethod
     def show(df: Any, digits: int = 3) -> None:
@@ -60,5 +61,6 @@ def setup(profile: str, overrides: Mapping[str, Any] | None = None, *, notebook:
     sns.set_theme(style="whitegrid")
     config = load_config(profile, overrides)
     paths = run_paths(config.profile)
-    print(f"{notebook}: profile={config.profile} seed={config.seed} runs={paths.runs}")
-    return Workbook(config, paths, notebook)
+    print(f"{notebook}: profile={config.profile} seed={config.seed} runs={paths.runs}"
+          + (f" overrides={dict(overrides)}" if overrides else ""))
+    return Workbook(config, paths, notebook, dict(overrides or {}))

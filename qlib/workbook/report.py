@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from qlib.workbook.layout import REPO_ROOT, RunPaths, run_paths
 
@@ -49,8 +49,9 @@ def repo_relative(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- tables and figures
 def record(paths: RunPaths, name: str, kind: str, files: list[Path], *, seed: int, notebook: str,
-           caption: str, paper: str | None) -> None:
-    """Add (or replace) artifact ``name`` in ``<results>/manifest.json``."""
+           caption: str, paper: str | None, overrides: Mapping[str, Any] | None = None) -> None:
+    """Add (or replace) artifact ``name`` in ``<results>/manifest.json`` (with the notebook's config
+    ``overrides``, when it had any)."""
     manifest_file = paths.results / "manifest.json"
     manifest = read_json(manifest_file)
     manifest[name] = {
@@ -63,27 +64,30 @@ def record(paths: RunPaths, name: str, kind: str, files: list[Path], *, seed: in
         "caption": caption,
         "paper": paper,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"overrides": dict(overrides)} if overrides else {}),
     }
     write_json(manifest_file, manifest)
 
 
 def save_table(df: Any, name: str, paths: RunPaths, *, seed: int, notebook: str, caption: str = "",
-               paper: str | None = None) -> Path:
+               paper: str | None = None, overrides: Mapping[str, Any] | None = None) -> Path:
     """Write ``df`` as ``<results>/<name>.csv`` and ``.md`` and record it in the manifest."""
     csv_path = paths.results / f"{name}.csv"
     md_path = paths.results / f"{name}.md"
     df.to_csv(csv_path, index=False)
     md_path.write_text((f"**{caption}**\n\n" if caption else "") + df.to_markdown(index=False) + "\n")
-    record(paths, name, "table", [csv_path, md_path], seed=seed, notebook=notebook, caption=caption, paper=paper)
+    record(paths, name, "table", [csv_path, md_path], seed=seed, notebook=notebook, caption=caption, paper=paper,
+           overrides=overrides)
     return csv_path
 
 
 def save_figure(fig: Any, name: str, paths: RunPaths, *, seed: int, notebook: str, caption: str = "",
-                paper: str | None = None) -> Path:
+                paper: str | None = None, overrides: Mapping[str, Any] | None = None) -> Path:
     """Write ``fig`` as ``<figures>/<name>.png`` and record it in the manifest."""
     png = paths.figures / f"{name}.png"
     fig.savefig(png, dpi=120, bbox_inches="tight")
-    record(paths, name, "figure", [png], seed=seed, notebook=notebook, caption=caption, paper=paper)
+    record(paths, name, "figure", [png], seed=seed, notebook=notebook, caption=caption, paper=paper,
+           overrides=overrides)
     return png
 
 
@@ -116,6 +120,12 @@ def record_timing(paths: RunPaths, notebook: str, wall_s: float) -> dict[str, An
 
 
 # ----------------------------------------------------------------------------- results/README.md
+def profile_cell(entry: dict[str, Any]) -> str:
+    """The profile an artifact was made at, with the notebook's overrides (``cpu`` + ``eval.reuse_only=True``)."""
+    extra = "".join(f" + `{k}={v}`" for k, v in sorted((entry.get("overrides") or {}).items()))
+    return f"{entry['profile']}{extra}"
+
+
 def write_results_readme(profile: str) -> Path:
     """Regenerate ``<results>/README.md`` from the manifest and the notebook timings."""
     paths = run_paths(profile)
@@ -136,7 +146,7 @@ def write_results_readme(profile: str) -> Path:
         timing = timings.get(entry["notebook"], {})
         lines.append(
             f"| {name}: {entry.get('caption', '')} ({files}) | {entry['kind']} | {entry['notebook']} | "
-            f"{entry['profile']} | {entry['commit']} | {entry['seed']} | {seconds(timing, 'cumulative_s')} | "
+            f"{profile_cell(entry)} | {entry['commit']} | {entry['seed']} | {seconds(timing, 'cumulative_s')} | "
             f"{seconds(timing, 'wall_s')} | {entry.get('paper') or ''} |"
         )
     lines += ["", "## Compute per notebook", "",

@@ -1,4 +1,5 @@
-"""Run the numbered notebooks headlessly: ``python -m qlib.workbook --profile P [--only NAME] [--report|--no-report]``.
+"""Run the numbered notebooks headlessly: ``python -m qlib.workbook --profile P [--only NAME] [--set KEY=VALUE]
+[--report|--no-report]``.
 
 Each notebook is executed with papermill (``profile`` passed as a parameter) into ``<results>/notebooks/``
 and its execution time is added to ``<results>/timings.json``; at the end ``<results>/README.md`` is
@@ -45,9 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qlib.workbook", description="run the workbook notebooks")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--only", action="append", help="notebook stem(s) to run, e.g. 01_collect_mcts")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted config override for every notebook run (its `overrides` parameter), e.g. "
+                        "eval.reuse_only=true: tables from the episode rows on disk, nothing computed")
     parser.add_argument("--report", action="store_true", help="only regenerate results/README.md")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate results/README.md")
     args = parser.parse_args(argv)
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        print(f"--set wants KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
+        return 2
+    overrides = dict(item.split("=", 1) for item in args.set)
     if not args.report:
         selected = [nb for nb in notebooks() if not args.only or nb.stem in args.only]
         if args.only and len(selected) != len(args.only):
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for notebook in selected:
             print(f"== {notebook.name} (profile {args.profile})", flush=True)
-            wall = run_notebook(notebook, args.profile)
+            wall = run_notebook(notebook, args.profile, {"overrides": overrides} if overrides else None)
             print(f"   done in {wall:.0f} s", flush=True)
     if not args.no_report:
         print(write_results_readme(args.profile))
