@@ -26,6 +26,7 @@ import pandas as pd
 
 from qlib.config import Config, with_overrides
 from qlib.envs.registry import env_names, envs_with_paper, get_spec
+from qlib.export import CloneNotFoundError
 from qlib.provision import CLONE_NAME, EMBEDDED_NAME
 from qlib.workbook.layout import INIT_COMPARISON, RunPaths
 from qlib.workbook.paper import paper_number, paper_table2
@@ -835,7 +836,10 @@ def executed_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFram
             continue
         sampled = [r for r in load_results(episodes) if r["method"] == "sampled"]
         cache = score_cache(q_model, "qvalues", f"{episodes.stem}_sampled")
-        frames.append(q_values_of_episodes(q_model, sampled, env, max_actions=max_actions, cache=cache))
+        try:
+            frames.append(q_values_of_episodes(q_model, sampled, env, max_actions=max_actions, cache=cache))
+        except CloneNotFoundError as err:  # Q values not all cached, and no clone here to score the rest
+            log.warning("%s left out of Fig. 4b: %s", env, err)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "trajectory", "q"])
 
 
@@ -883,8 +887,11 @@ def tree_action_q(paths: RunPaths, *, max_actions: int = 200) -> pd.DataFrame:
         q_model = load_q(paths, env, "step")
         if q_model is not None:
             rows_file = paths.pairs(env, "qnet", split="valid")
-            frames.append(q_values_of_tree_actions(q_model, rows_file, env, max_actions=max_actions,
-                                                   cache=score_cache(q_model, "qvalues", rows_file.stem)))
+            try:
+                frames.append(q_values_of_tree_actions(q_model, rows_file, env, max_actions=max_actions,
+                                                       cache=score_cache(q_model, "qvalues", rows_file.stem)))
+            except CloneNotFoundError as err:  # Q values not all cached, and no clone here to score the rest
+                log.warning("%s left out of Fig. 4c: %s", env, err)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["env", "q", "q_mcts"])
 
 

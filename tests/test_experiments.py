@@ -470,3 +470,22 @@ def test_finetune_table_pairs_a_row_grown_from_a_twin_with_that_twin(tmp_path, m
     assert lines[("rft", "twin_fp32")] == pytest.approx(2 / 3)  # (1 + 1 + 0) / 3
     assert [k for k in lines if "twin_fp32" in k] == [("rft", "twin_fp32")]  # eto: no record; agentevol: no bf16 twin
     assert "twin_fp32" not in set(summary.method)  # the twin is a comparison, not a Table 2 row
+
+
+def test_fig4_leaves_out_an_env_whose_q_values_need_a_clone_this_machine_lacks(tmp_path, caplog):
+    """A fresh machine has the released Q models but not the clone they were trained on: actions whose Q is
+    cached are reported, an env with uncached actions is left out of Fig. 4c with a warning naming why."""
+    from qlib.io import write_jsonl
+    from qlib.workbook.layout import RunPaths
+
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    out = paths.qmodel("webshop", "step")
+    out.mkdir(parents=True)
+    (out / "qlib_config.json").write_text(json.dumps({"kind": "dpo", "beta": 0.1, "lora": True,
+                                                      "base_model": str(tmp_path / "no_clone" / "model")}))
+    prompt = [{"role": "user", "content": "Instruction: a mug"}]
+    write_jsonl([{"prompt": prompt, "completion": [{"role": "assistant", "content": "Action: search[mug]"}],
+                  "task_id": 1, "depth": 0, "q": 0.5, "q_raw": 0.5}], paths.pairs("webshop", "qnet", split="valid"))
+    with caplog.at_level("WARNING", logger="qlib.experiments"):
+        frame = ex.tree_action_q(paths)
+    assert len(frame) == 0 and "webshop left out of Fig. 4c" in caplog.text and "no_clone" in caplog.text
