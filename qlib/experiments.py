@@ -336,8 +336,12 @@ def collect_trees(config: Config, paths: RunPaths, *, envs: Sequence[str] | None
     for env_name in envs or env_names():
         for split in splits:
             out_dir = paths.trees(env_name, split, tag)
-            summary = collect(env_name, split, config=run_config, out_dir=out_dir, limit=(limits or {}).get(split))
-            trees = tree_stats(out_dir)
+            if config.eval.reuse_only:  # report the trees on disk, search none
+                on_disk = len(list(out_dir.glob("*.json"))) if out_dir.is_dir() else 0
+                summary = {"tasks": on_disk, "done": 0, "skipped": on_disk, "failed": 0}
+            else:
+                summary = collect(env_name, split, config=run_config, out_dir=out_dir, limit=(limits or {}).get(split))
+            trees = tree_stats(out_dir) if out_dir.is_dir() else pd.DataFrame()
             best = pd.to_numeric(trees["best_reward"], errors="coerce") if len(trees) else pd.Series(dtype=float)
             rows.append({
                 "env": env_name, "split": split + tag, "tasks": summary["tasks"], "done": summary["done"],
@@ -450,6 +454,10 @@ def train_q_models(config: Config, paths: RunPaths, *, envs: Sequence[str] | Non
             if n_rows == 0:
                 log.warning("no %s rows for %s: skipping its Q model", level, env_name)
                 rows.append({"env": env_name, "model": level, "kind": kind, "rows": 0, "trained": False})
+                continue
+            if not (out / "qlib_config.json").exists() and config.eval.reuse_only:
+                log.warning("%s %s Q model not trained (eval.reuse_only)", env_name, level)
+                rows.append({"env": env_name, "model": level, "kind": kind, "rows": n_rows, "trained": False})
                 continue
             if not (out / "qlib_config.json").exists():
                 if kind == "dpo":
@@ -653,18 +661,21 @@ def pair_counts(total: int, fractions: Sequence[float]) -> list[int]:
 
 
 def q_model_on_pairs(config: Config, paths: RunPaths, env: str, size: int) -> Any:
-    """The step-level Q model of ``env`` trained on the first ``size`` step pairs (trained when missing).
+    """The step-level Q model of ``env`` trained on the first ``size`` step pairs (trained when missing; with
+    ``eval.reuse_only`` None when missing, and read only if an episode needs it).
 
     With all the pairs it is notebook 03's model ``step``; with fewer, the ``pair_subset`` set's model.
     """
-    from qlib.qmodel import load_q_model, train_dpo
+    from qlib.qmodel import LazyQModel, load_q_model, train_dpo
 
     pairs_file = paths.pairs(env, "step")
     full = size >= count_rows(pairs_file)
     out = paths.qmodel(env, "step" if full else EPISODE_SETS["pair_subset"].q_model.format(pairs=size))
     if not (out / "qlib_config.json").exists():
+        if config.eval.reuse_only:
+            return None
         train_dpo(pairs_file, out, with_overrides(config, {"dpo.max_pairs": size}), model_path=q_model_init(config, env))
-    return load_q_model(out)
+    return LazyQModel(out) if config.eval.reuse_only else load_q_model(out)
 
 
 def q_model_init(config: Config, env_name: str) -> Path | None:
@@ -694,6 +705,9 @@ def pairs_ablation(config: Config, paths: RunPaths, fractions: Sequence[float], 
     for size in pair_counts(total, fractions):
         set_name = "test_methods" if size == total else "pair_subset"
         q_model = q_model_on_pairs(config, paths, env, size)
+        if q_model is None:
+            log.warning("%s: no Q model on %d pairs (eval.reuse_only): Fig. 5a leaves that point out", env, size)
+            continue
         episodes = run_episodes(config, paths, env, set_name, ["q"], q_model=q_model, limit=tasks, pairs=size)
         rows += [dict(row, n_pairs=size) for row in episodes]
     return pd.DataFrame(rows)
@@ -779,10 +793,14 @@ def q_init_comparison(config: Config, paths: RunPaths, *, max_pairs: int = 0,
     for env_name in envs or env_names():
         pairs_file = paths.pairs(env_name, "step")
         total = count_rows(pairs_file)
+        k = min(max_pairs or total, total)
+        if config.eval.reuse_only and not all((paths.qmodel(env_name, f"{INIT_COMPARISON}{init}_{k}pairs") /
+                                               "qlib_config.json").exists() for init in ("base", "agent")):
+            log.warning("%s: the dpo.init comparison models are not on disk (eval.reuse_only): left out", env_name)
+            continue
         agent_start = q_model_init(with_overrides(config, {"dpo.init": "agent"}), env_name) if total else None
         if agent_start is None:
             continue
-        k = min(max_pairs or total, total)
         for init, start in (("base", None), ("agent", agent_start)):
             out = paths.qmodel(env_name, f"{INIT_COMPARISON}{init}_{k}pairs")
             if not (out / "qlib_config.json").exists():

@@ -489,3 +489,25 @@ def test_fig4_leaves_out_an_env_whose_q_values_need_a_clone_this_machine_lacks(t
     with caplog.at_level("WARNING", logger="qlib.experiments"):
         frame = ex.tree_action_q(paths)
     assert len(frame) == 0 and "webshop left out of Fig. 4c" in caplog.text and "no_clone" in caplog.text
+
+
+def test_reuse_only_searches_and_trains_nothing(tmp_path, monkeypatch):
+    """eval.reuse_only over a run folder with pairs but no trees or models: notebook 01 reports the trees on
+    disk, notebook 03 lists the missing Q models as not trained, Fig. 5a leaves the missing point out."""
+    from qlib.config import load_config
+    from qlib.io import write_jsonl
+    from qlib.workbook.layout import RunPaths
+
+    config = load_config("cpu", {"eval.reuse_only": True})
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    write_jsonl([{"i": i} for i in range(4)], paths.pairs("webshop", "step"))
+    forbidden = lambda *a, **k: pytest.fail("reuse_only computed something")  # noqa: E731
+    monkeypatch.setattr("qlib.collect.collect", forbidden)
+    monkeypatch.setattr("qlib.qmodel.train_dpo", forbidden)
+    monkeypatch.setattr("qlib.qmodel.train_qnet", forbidden)
+    monkeypatch.setattr(ex, "run_episodes", lambda *a, **k: [])
+    trees = ex.collect_trees(config, paths, envs=["webshop"], splits=("train",))
+    assert trees[["tasks", "done", "trees"]].values.tolist() == [[0, 0, 0]]
+    models = ex.train_q_models(config, paths, envs=["webshop"], kinds=(("step", "dpo"),))
+    assert models[["model", "rows", "trained"]].values.tolist() == [["step", 4, False]]
+    assert ex.pairs_ablation(config, paths, [0.5], env="webshop").empty
