@@ -511,3 +511,10 @@ def test_reuse_only_searches_and_trains_nothing(tmp_path, monkeypatch):
     models = ex.train_q_models(config, paths, envs=["webshop"], kinds=(("step", "dpo"),))
     assert models[["model", "rows", "trained"]].values.tolist() == [["step", 4, False]]
     assert ex.pairs_ablation(config, paths, [0.5], env="webshop").empty
+    # notebook 02 counts the pairs on disk (the released ones the Q models learned from) instead of rebuilding
+    (paths.trees("webshop", "train")).mkdir(parents=True)
+    for level in ("trajectory", "qnet"):
+        write_jsonl([{"i": 0}], paths.pairs("webshop", level))
+    monkeypatch.setattr("qlib.pairs.build_pairs", forbidden)
+    counts = ex.build_all_pairs(config, paths, envs=["webshop"], splits=("train",))
+    assert counts.set_index("level").loc["step", "rows"] == 4
