@@ -402,15 +402,29 @@ def build_all_pairs(config: Config, paths: RunPaths, *, envs: Sequence[str] | No
                 continue
             for level in PAIR_LEVELS:
                 out = paths.pairs(env_name, level, split)
-                if config.eval.reuse_only and out.is_file():  # the released pairs, as the Q models learned them
-                    n_rows = count_rows(out)
-                else:
+                if not (config.eval.reuse_only and out.is_file()):  # reuse_only: the pairs on disk, e.g. released
                     rows = build_pairs(trees, level, config)
-                    write_jsonl(rows, out)
-                    n_rows = len(rows)
+                    if not kept_for_its_model(paths, env_name, level, split, rows):
+                        write_jsonl(rows, out)
+                n_rows = count_rows(out)
                 counts.append({"env": env_name, "split": split, "level": level, "rows": n_rows,
                                "trees": len(list(trees.glob("*.json")))})
     return pd.DataFrame(counts)
+
+
+def kept_for_its_model(paths: RunPaths, env_name: str, level: str, split: str, rows: list[dict[str, Any]]) -> bool:
+    """Whether the pairs file on disk differs from ``rows`` but a trained Q model learned from it: it then stays,
+    with a warning, beside the model that is reused as is (e.g. the released WebShop step pairs, built before
+    ``qlib.pairs.TIE``, keep the tie pair their Q model learned from)."""
+    from qlib.io import jsonl_text
+
+    out = paths.pairs(env_name, level, split)
+    trained = split == "train" and (paths.qmodel(env_name, level) / "qlib_config.json").is_file()
+    if not (trained and out.is_file()) or out.read_text(encoding="utf-8") == jsonl_text(rows):
+        return False
+    log.warning("%s: this code builds %d rows, the file its trained Q model learned from holds %d: the file stays "
+                "(remove %s to rebuild and retrain both)", out, len(rows), count_rows(out), paths.qmodel(env_name, level))
+    return True
 
 
 def example_pair(paths: RunPaths, env: str | None = None, level: str = "step") -> dict[str, Any] | None:

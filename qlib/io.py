@@ -42,9 +42,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    """``rows`` as the text of a JSONL file (what :func:`write_jsonl` writes)."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write ``rows`` as JSON lines, atomically."""
-    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return atomic_write_text(path, jsonl_text(rows))
 
 
 def read_jsonl(path: str | os.PathLike, *, tolerant: bool = False) -> Iterator[dict[str, Any]]:

@@ -518,3 +518,26 @@ def test_reuse_only_searches_and_trains_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr("qlib.pairs.build_pairs", forbidden)
     counts = ex.build_all_pairs(config, paths, envs=["webshop"], splits=("train",))
     assert counts.set_index("level").loc["step", "rows"] == 4
+
+
+def test_pairs_a_trained_q_model_learned_from_are_not_replaced_by_a_rebuild(tmp_path, monkeypatch, caplog):
+    """Notebook 02 rebuilds pairs from the trees; where the rebuild differs from the file a trained Q model learned
+    from (the model is reused as is), the file stays, with a warning; without such a model it is rebuilt."""
+    from qlib.config import load_config
+    from qlib.io import read_jsonl, write_jsonl
+    from qlib.workbook.layout import RunPaths
+
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    paths.trees("webshop", "train").mkdir(parents=True)
+    learned = [{"pair": 1}, {"pair": 2}]
+    for level in ("step", "trajectory"):
+        write_jsonl(learned, paths.pairs("webshop", level))
+    (paths.qmodel("webshop", "step")).mkdir(parents=True)
+    (paths.qmodel("webshop", "step") / "qlib_config.json").write_text("{}")
+    monkeypatch.setattr("qlib.pairs.build_pairs", lambda trees, level, config: [{"pair": 1}])
+    with caplog.at_level("WARNING", logger="qlib.experiments"):
+        counts = ex.build_all_pairs(load_config("cpu"), paths, envs=["webshop"], splits=("train",)).set_index("level")
+    assert list(read_jsonl(paths.pairs("webshop", "step"))) == learned and counts.loc["step", "rows"] == 2
+    assert "the file stays" in caplog.text
+    assert list(read_jsonl(paths.pairs("webshop", "trajectory"))) == [{"pair": 1}]  # no model learned from it
+    assert counts.loc["trajectory", "rows"] == 1
