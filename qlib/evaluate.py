@@ -142,7 +142,7 @@ def evaluate(
         env = env_factory()
     if env_factory is None:
         workers = 1  # no second environment to run in
-    if policy is None:
+    if policy is None and not config.eval.reuse_only:  # reuse_only runs no episode: no model to load
         policy = worker_policy(env_name, config, workers)
     runner = Runner(env_name, env, policy, render or render_messages, config.policy.prompt,
                     config.policy.temperature, config.seed, q_model if method in SCORED else None,

@@ -414,8 +414,8 @@ def build_all_pairs(config: Config, paths: RunPaths, *, envs: Sequence[str] | No
 
 def kept_for_its_model(paths: RunPaths, env_name: str, level: str, split: str, rows: list[dict[str, Any]]) -> bool:
     """Whether the pairs file on disk differs from ``rows`` but a trained Q model learned from it: it then stays,
-    with a warning, beside the model that is reused as is (e.g. the released WebShop step pairs, built before
-    ``qlib.pairs.TIE``, keep the tie pair their Q model learned from)."""
+    with a warning, beside the model that is reused as is (e.g. released step pairs built before ``qlib.pairs.TIE``
+    keep the tie pair their Q model learned from)."""
     from qlib.io import jsonl_text
 
     out = paths.pairs(env_name, level, split)
@@ -533,7 +533,8 @@ def run_episodes(config: Config, paths: RunPaths, env_name: str, set_name: str,
     qnet_methods = ("qnet", "qnet_lookahead")  # the methods a QNet scores
     uses_qnet = any(m in qnet_methods for m in methods)
     qnet = load_q(paths, env_name, episode_set.qnet) if uses_qnet and episode_set.qnet else None
-    policy = worker_policy(env_name, run_config, run_config.eval.workers)
+    # reuse_only runs no episode: no model is loaded (nor needed: a fresh machine has no clone)
+    policy = None if run_config.eval.reuse_only else worker_policy(env_name, run_config, run_config.eval.workers)
     out = paths.episode_set(set_name, env_name, **fields)
     rows: list[dict[str, Any]] = []
     for method in methods:

@@ -355,8 +355,8 @@ def test_reuse_only_reports_the_finished_rows_and_runs_no_episode(config, tmp_pa
     cloned = tmp_path / "cloned.jsonl"
     write_jsonl([dict(r, policy="smollm2-135m-bc", agent="full-12345678") for r in load_results(out)], cloned)
     no_clone = with_overrides(config, {"policy.model": "smollm2-135m-bc", "policy.clones": str(tmp_path / "none")})
-    rows = run("sampled", with_overrides(no_clone, {"eval.reuse_only": True}), NoPolicy(), out=cloned, limit=5)
-    assert [r["agent"] for r in rows] == ["full-12345678"] * 3
+    rows = run("sampled", with_overrides(no_clone, {"eval.reuse_only": True}), None, out=cloned, limit=5)
+    assert [r["agent"] for r in rows] == ["full-12345678"] * 3  # and no policy was built (it needs the clone)
     with pytest.raises(CloneNotFoundError):
         run("sampled", no_clone, NoPolicy(), out=cloned, limit=5)
 
