@@ -402,11 +402,15 @@ def build_all_pairs(config: Config, paths: RunPaths, *, envs: Sequence[str] | No
                 continue
             for level in PAIR_LEVELS:
                 out = paths.pairs(env_name, level, split)
-                if not (config.eval.reuse_only and out.is_file()):  # reuse_only: the pairs on disk, e.g. released
+                if config.eval.reuse_only and out.is_file():  # the pairs on disk, e.g. released
+                    n_rows = count_rows(out)
+                else:
                     rows = build_pairs(trees, level, config)
-                    if not kept_for_its_model(paths, env_name, level, split, rows):
+                    if kept_for_its_model(paths, env_name, level, split, rows):
+                        n_rows = count_rows(out)
+                    else:
                         write_jsonl(rows, out)
-                n_rows = count_rows(out)
+                        n_rows = len(rows)
                 counts.append({"env": env_name, "split": split, "level": level, "rows": n_rows,
                                "trees": len(list(trees.glob("*.json")))})
     return pd.DataFrame(counts)
@@ -475,11 +479,11 @@ def train_q_models(config: Config, paths: RunPaths, *, envs: Sequence[str] | Non
                 log.warning("no %s rows for %s: skipping its Q model", level, env_name)
                 rows.append({"env": env_name, "model": level, "kind": kind, "rows": 0, "trained": False})
                 continue
-            if not (out / "qlib_config.json").exists() and config.eval.reuse_only:
-                log.warning("%s %s Q model not trained (eval.reuse_only)", env_name, level)
-                rows.append({"env": env_name, "model": level, "kind": kind, "rows": n_rows, "trained": False})
-                continue
             if not (out / "qlib_config.json").exists():
+                if config.eval.reuse_only:
+                    log.warning("%s %s Q model not trained (eval.reuse_only)", env_name, level)
+                    rows.append({"env": env_name, "model": level, "kind": kind, "rows": n_rows, "trained": False})
+                    continue
                 if kind == "dpo":
                     train_dpo(pairs, out, config, model_path=q_model_init(config, env_name))
                 else:

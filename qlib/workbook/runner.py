@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qlib.config import ConfigError, parse_overrides
 from qlib.workbook.layout import NOTEBOOK_DIR, run_paths
 from qlib.workbook.report import record_timing, write_results_readme
 
@@ -52,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only regenerate results/README.md")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate results/README.md")
     args = parser.parse_args(argv)
-    bad = [item for item in args.set if "=" not in item]
-    if bad:
-        print(f"--set wants KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as err:
+        print(f"--set: {err}", file=sys.stderr)
         return 2
-    overrides = dict(item.split("=", 1) for item in args.set)
     if not args.report:
         selected = [nb for nb in notebooks() if not args.only or nb.stem in args.only]
         if args.only and len(selected) != len(args.only):
