@@ -990,9 +990,26 @@ def finetune_data(config: Config, paths: RunPaths, env_name: str, row: str) -> t
     episodes = add_row_metrics(ft.explore(
         env_name, config, policy=worker_policy(env_name, config, config.eval.workers), q_model=q_model, method=method,
         out=paths.episode_set("self_train_explore", env_name, scorer=scorer), qmodel_name=scorer))
-    spent = {"explore_episodes": len(episodes), "explore_seconds": round(sum(r["wall_s"] for r in episodes), 2),
-             "explore_tokens": sum(r["tokens_generated"] + r["prompt_tokens"] + r["q_tokens"] for r in episodes)}
-    return ft.episode_demos(episodes, config, variant=config.policy.prompt), spent
+    return ft.episode_demos(episodes, config, variant=config.policy.prompt), exploration_cost(episodes)
+
+
+def exploration_cost(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What Q*Agent self-training's exploration cost: episodes, seconds (summed over episodes, so workers running
+    side by side each count) and tokens (the agent's prompts and generations and the Q model's)."""
+    return {"explore_episodes": len(episodes), "explore_seconds": round(sum(r["wall_s"] for r in episodes), 2),
+            "explore_tokens": sum(r["tokens_generated"] + r["prompt_tokens"] + r["q_tokens"] for r in episodes)}
+
+
+def released_exploration_cost(paths: RunPaths, env_name: str, out: Path) -> dict[str, Any]:
+    """The exploration cost of the trained self-training agent in ``out``, from the episodes it learned from (the
+    set ``self_train_explore`` of the Q model its ``qlib_config.json`` names); {} when they are not on disk."""
+    from qlib.episode_store import load_results
+
+    scorer = json.loads((out / "qlib_config.json").read_text()).get("finetune_config", {}).get("st_q_model")
+    episodes = paths.episode_set("self_train_explore", env_name, scorer=scorer) if scorer else None
+    if episodes is None or not episodes.is_file():
+        return {}
+    return exploration_cost([r for r in load_results(episodes) if r.get("split") == "train"])
 
 
 def finetune_agents(config: Config, paths: RunPaths, *, rows: Sequence[str] | None = None,
@@ -1011,6 +1028,8 @@ def finetune_agents(config: Config, paths: RunPaths, *, rows: Sequence[str] | No
                 lines.append({"env": env_name, "row": row, "trained": False, "note": "not trained (eval.reuse_only)"})
                 continue
             data, spent = ([], {}) if trained else finetune_data(config, paths, env_name, row)
+            if trained and row == "qstar_st":  # its exploration is part of its cost, also when it is reused
+                spent = released_exploration_cost(paths, env_name, out)
             if not data and not trained:
                 why = "no Q model to guide the exploration" if row == "qstar_st" and not spent else "no training data"
                 log.warning("%s %s: %s (no successful trajectory / failed pair in the train trees?)", env_name, row, why)

@@ -348,6 +348,30 @@ def test_a_trained_fine_tuning_row_is_reused_without_the_agent_it_was_trained_on
     assert lines[["row", "trained", "data_rows", "train_seconds"]].values.tolist() == [["rft", True, 3, 1.5]]
 
 
+def test_a_reused_self_training_row_keeps_its_exploration_cost(tmp_path):
+    """Q*Agent-ST's cost includes its Q-guided exploration of the train tasks, also when the row is reused (a
+    report from a release): read from the episodes of the Q model its config names, test rows left out."""
+    from qlib.config import load_config
+    from qlib.io import write_jsonl
+    from qlib.workbook.layout import RunPaths
+
+    paths = RunPaths("cpu", tmp_path / "runs", tmp_path / "results", tmp_path / "figures")
+    out = paths.runs / "finetuned" / "hotpotqa_qstar_st"
+    out.mkdir(parents=True)
+    (out / "qlib_config.json").write_text(json.dumps({"finetune": "qstar_st", "data_rows": 1, "train_seconds": 2.0,
+                                                      "finetune_config": {"st_q_model": "qnet"}}))
+    episode = {"split": "train", "reward": 1.0, "wall_s": 2.5, "tokens_generated": 10, "prompt_tokens": 100,
+               "q_tokens": 50}
+    write_jsonl([episode, dict(episode, reward=0.0), dict(episode, split="test"), {"split": "train", "error": "x"}],
+                paths.episode_set("self_train_explore", "hotpotqa", scorer="qnet"))
+    config = load_config("cpu", {"eval.reuse_only": True})
+    line = ex.finetune_agents(config, paths, rows=["qstar_st"], envs=["hotpotqa"]).iloc[0]
+    assert (line.trained, line.explore_episodes, line.explore_seconds, line.explore_tokens) == (True, 2, 5.0, 320)
+    (out / "qlib_config.json").write_text(json.dumps({"finetune": "qstar_st", "finetune_config": {"st_q_model": "step"}}))
+    line = ex.finetune_agents(config, paths, rows=["qstar_st"], envs=["hotpotqa"]).iloc[0]
+    assert line.trained and "explore_episodes" not in line  # the step model's exploration is not on disk
+
+
 def test_reuse_only_reports_trained_fine_tuning_rows_and_trains_none(tmp_path, monkeypatch):
     """eval.reuse_only (a report from a restored release): a trained row is listed, a missing one is neither
     given data nor trained, and says why."""

@@ -237,6 +237,30 @@ def test_qnet_kv_cache_across_episode_steps(tiny_dir):
     assert model.cache.reused_tokens > 0
 
 
+def test_qnet_scores_the_state_a_turn_reached(tiny_dir, tok):
+    """QLASS's look-ahead scores [turn, observation] with the real QNet: the features are those of the state after
+    the observation, ready for the next turn (as a prompt renders it), not those of the turn alone."""
+    from qlib.qmodel.format import encode
+    from qlib.qmodel.qnet import QNetModel, ValueHead
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    backbone = AutoModel.from_pretrained(tiny_dir)
+    model = QNetModel(backbone, ValueHead(backbone.config.hidden_size, 16), tok, max_length=400)
+    messages = history("who?", 1)
+    turn = {"role": "assistant", "content": CANDIDATES[0]}
+    reached = [[turn, {"role": "user", "content": f"Observation: page {i}"}] for i in range(2)]
+    scores = model.score_completions(messages, reached)
+    assert len(scores) == 2 and scores[0] != pytest.approx(scores[1])  # the observation is read
+    assert scores[0] != pytest.approx(model.score(messages, [CANDIDATES[0]])[0])
+    state = tok.apply_chat_template([*messages, *reached[0]], add_generation_prompt=True, tokenize=False)
+    [encoded] = encode(tok, messages, [reached[0]], None)
+    assert tok.decode(encoded.prompt_ids + encoded.completion_ids) == state
+    assert encoded.completion_mask[-1] == 0 and 1 in encoded.completion_mask  # only the turn is the agent's
+    with pytest.raises(ValueError, match="assistant message"):
+        model.score_completions(messages, [[{"role": "user", "content": "Observation: x"}]])
+
+
 def test_hand_computed_implicit_q(tok):
     """β Σ (log πθ − log πref) with an explicit softmax over the full logits of prompt + action."""
     policy, ref, beta = tiny_llama(tok, seed=5), tiny_llama(tok, seed=6), 0.3

@@ -56,9 +56,13 @@ def tokenize(tokenizer: Any, text: str) -> list[int]:
 def completion_segments(
     tokenizer: Any, prompt: Sequence[Message], completion: Sequence[Message]
 ) -> list[tuple[str, bool]]:
-    """(text, is_assistant) pieces the template appends to the rendered prompt for ``completion``."""
-    if not completion or completion[-1]["role"] != "assistant":
-        raise ValueError("a completion must end with an assistant message")
+    """(text, is_assistant) pieces the template appends to the rendered prompt for ``completion``.
+
+    A completion holds at least one assistant turn. It may end with a user message (an observation: the state
+    an action reached, which QLASS's look-ahead scores); that one is rendered with the generation prompt, so the
+    sequence ends where the agent's next turn would start, as every prompt of a state does."""
+    if not any(m["role"] == "assistant" for m in completion):
+        raise ValueError("a completion must hold an assistant message")
     segments = []
     previous = render(tokenizer, prompt, generation_prompt=True)
     for i, message in enumerate(completion):
