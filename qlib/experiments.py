@@ -1000,7 +1000,7 @@ def exploration_cost(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "explore_tokens": sum(r["tokens_generated"] + r["prompt_tokens"] + r["q_tokens"] for r in episodes)}
 
 
-def released_exploration_cost(paths: RunPaths, env_name: str, out: Path) -> dict[str, Any]:
+def stored_exploration_cost(paths: RunPaths, env_name: str, out: Path) -> dict[str, Any]:
     """The exploration cost of the trained self-training agent in ``out``, from the episodes it learned from (the
     set ``self_train_explore`` of the Q model its ``qlib_config.json`` names); {} when they are not on disk."""
     from qlib.episode_store import load_results
@@ -1027,9 +1027,10 @@ def finetune_agents(config: Config, paths: RunPaths, *, rows: Sequence[str] | No
             if not trained and config.eval.reuse_only:
                 lines.append({"env": env_name, "row": row, "trained": False, "note": "not trained (eval.reuse_only)"})
                 continue
-            data, spent = ([], {}) if trained else finetune_data(config, paths, env_name, row)
-            if trained and row == "qstar_st":  # its exploration is part of its cost, also when it is reused
-                spent = released_exploration_cost(paths, env_name, out)
+            if not trained:
+                data, spent = finetune_data(config, paths, env_name, row)
+            else:  # reused; self-training's exploration is part of its cost, read from the episodes it learned from
+                data, spent = [], stored_exploration_cost(paths, env_name, out) if row == "qstar_st" else {}
             if not data and not trained:
                 why = "no Q model to guide the exploration" if row == "qstar_st" and not spent else "no training data"
                 log.warning("%s %s: %s (no successful trajectory / failed pair in the train trees?)", env_name, row, why)
